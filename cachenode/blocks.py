@@ -1,0 +1,79 @@
+"""Block identity and byte-range to block math, without I/O."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Iterator
+
+DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    """What the origin says about one object version; the ETag pins the version."""
+
+    bucket: str
+    key: str
+    size: int
+    etag: str
+    last_modified: float = 0.0  # unix seconds
+
+
+@dataclass(frozen=True, slots=True)
+class BlockRef:
+    """One block of one object version: immutable, so its id never changes meaning."""
+
+    obj: ObjectMeta
+    index: int
+    block_size: int
+
+    @property
+    def start(self) -> int:
+        """Return the object offset of the block's first byte."""
+        return self.index * self.block_size
+
+    @property
+    def length(self) -> int:
+        """Return the number of bytes in the block (the last one may be short)."""
+        return max(0, min(self.block_size, self.obj.size - self.start))
+
+    @property
+    def block_id(self) -> str:
+        """Return the block's stable id."""
+        return block_id(self.obj.bucket, self.obj.key, self.obj.etag, self.index, self.block_size)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockSlice:
+    """The part [offset, offset+length) of one block that a byte range needs."""
+
+    ref: BlockRef
+    offset: int
+    length: int
+
+
+def block_id(bucket: str, key: str, etag: str, index: int, block_size: int) -> str:
+    """Return the hex id of a block: a hash of the object identity, index and block size."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in (bucket, key, etag, str(index), str(block_size)):
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def block_count(size: int, block_size: int) -> int:
+    """Return how many blocks an object of `size` bytes has."""
+    return (size + block_size - 1) // block_size
+
+
+def slices(obj: ObjectMeta, start: int, end: int, block_size: int) -> Iterator[BlockSlice]:
+    """Yield the block slices covering the inclusive byte range [start, end] of `obj`."""
+    if end < start:
+        return
+    first, last = start // block_size, end // block_size
+    for index in range(first, last + 1):
+        ref = BlockRef(obj, index, block_size)
+        lo = max(start, ref.start) - ref.start
+        hi = min(end + 1, ref.start + ref.length) - ref.start
+        yield BlockSlice(ref, lo, hi - lo)

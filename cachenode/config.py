@@ -1,0 +1,168 @@
+"""Node configuration: one frozen dataclass, parsed from flags with env fallbacks, validated once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ENV_PREFIX = "CACHENODE_"
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+_DURATIONS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the option and the problem."""
+
+
+def parse_size(text: str) -> int:
+    """Return the byte count of a size such as '20GiB', '4MiB', '500MB' or '1048576'."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise ConfigError(f"{text!r} is not a size (examples: 20GiB, 4MiB, 500MB, 1048576)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def parse_duration(text: str) -> float:
+    """Return the seconds of a duration such as '10s', '500ms', '2m' or '1.5'."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _DURATIONS:
+        raise ConfigError(f"{text!r} is not a duration (examples: 10s, 500ms, 2m)")
+    return float(m.group(1)) * _DURATIONS[unit]
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """Return (host, port) from 'host:port' (port 0 picks a free port)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{text!r} is not host:port (example: 0.0.0.0:8080)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _opt(flag: str, help: str, parse: Any = str, env: str | None = None) -> Any:
+    """Describe a config field's flag, help text, parser and extra env variable."""
+    return {"flag": flag, "help": help, "parse": parse, "env": env}
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a cache node needs to start; sizes in bytes, times in seconds."""
+
+    data_dir: Path = field(default=Path("./cachenode-data"), metadata=_opt(
+        "--data-dir", "directory for block files and the index", Path))
+    capacity_bytes: int = field(default=20 * 2**30, metadata=_opt(
+        "--capacity", "most bytes of blocks kept on disk (e.g. 20GiB)", parse_size))
+    block_size_bytes: int = field(default=4 * 2**20, metadata=_opt(
+        "--block-size", "block size (e.g. 4MiB); changing it starts a new set of blocks",
+        parse_size))
+    http_addr: tuple[str, int] = field(default=("0.0.0.0", 8080), metadata=_opt(
+        "--http", "host:port of the HTTP range API and /metrics", parse_hostport))
+    grpc_addr: tuple[str, int] = field(default=("0.0.0.0", 9090), metadata=_opt(
+        "--grpc", "host:port of the gRPC block service", parse_hostport))
+    metadata_ttl_s: float = field(default=10.0, metadata=_opt(
+        "--metadata-ttl", "how long object size/ETag from a HEAD is trusted (e.g. 10s); "
+        "an overwrite is seen at most this late", parse_duration))
+    origin_endpoint_url: str = field(default="", metadata=_opt(
+        "--origin-endpoint", "S3 endpoint URL of the origin; empty = AWS", str, "AWS_ENDPOINT_URL"))
+    origin_region: str = field(default="us-east-1", metadata=_opt(
+        "--origin-region", "S3 region of the origin", str, "AWS_REGION"))
+    max_concurrent_fills: int = field(default=16, metadata=_opt(
+        "--max-concurrent-fills", "origin GETs in flight at once", int))
+    max_waiting_fills: int = field(default=4096, metadata=_opt(
+        "--max-waiting-fills", "distinct blocks queued for a fill before new misses get 503", int))
+    fill_timeout_s: float = field(default=60.0, metadata=_opt(
+        "--fill-timeout", "deadline for one block fill from origin, retries included",
+        parse_duration))
+    origin_connect_timeout_s: float = field(default=3.0, metadata=_opt(
+        "--origin-connect-timeout", "TCP connect timeout to the origin", parse_duration))
+    origin_read_timeout_s: float = field(default=20.0, metadata=_opt(
+        "--origin-read-timeout", "socket read timeout on origin responses", parse_duration))
+    origin_max_attempts: int = field(default=3, metadata=_opt(
+        "--origin-max-attempts", "attempts per origin call (retries on 5xx, throttling)", int))
+    readahead_blocks: int = field(default=4, metadata=_opt(
+        "--readahead", "blocks fetched ahead of the one being sent, per response", int))
+    fsync: bool = field(default=False, metadata=_opt(
+        "--fsync", "fsync each block before it becomes visible (survives power loss)", _bool))
+    log_level: str = field(default="INFO", metadata=_opt(
+        "--log-level", "DEBUG, INFO, WARNING or ERROR", str.upper))
+
+    def __post_init__(self) -> None:
+        """Reject settings that cannot work, naming the option."""
+        bs = self.block_size_bytes
+        if not 64 * 1024 <= bs <= 256 * 2**20:
+            raise ConfigError(f"--block-size {bs} must be between 64KiB and 256MiB")
+        if self.capacity_bytes < 2 * bs:
+            raise ConfigError(f"--capacity {self.capacity_bytes} must hold at least 2 blocks")
+        for name in ("max_concurrent_fills", "max_waiting_fills", "origin_max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if not 0 <= self.readahead_blocks <= 64:
+            raise ConfigError("--readahead must be between 0 and 64")
+        for name in ("metadata_ttl_s", "fill_timeout_s", "origin_connect_timeout_s",
+                     "origin_read_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+        if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"--log-level {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> "NodeConfig":
+        """Return the config from flags, then CACHENODE_* / AWS_* env, then defaults."""
+        env = os.environ if env is None else env
+        ns = build_parser().parse_args(argv)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            meta = f.metadata
+            env_names = [ENV_PREFIX + meta["flag"][2:].replace("-", "_").upper()]
+            env_names += [meta["env"]] if meta["env"] else []
+            raw = getattr(ns, f.name)
+            source = meta["flag"]
+            if raw is None:
+                found = [(n, env[n]) for n in env_names if env.get(n)]
+                if not found:
+                    continue
+                source, raw = found[0]
+            try:
+                values[f.name] = meta["parse"](raw)
+            except (ConfigError, ValueError) as e:
+                raise ConfigError(f"{source}: {e}") from None
+        return cls(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser documenting every option of `cachenode`."""
+    p = argparse.ArgumentParser(
+        prog="cachenode",
+        description="blockcache node: serves byte ranges of S3 objects from local disk blocks, "
+        "filling misses from the origin once. Every option can also be set with a "
+        f"{ENV_PREFIX}<OPTION> environment variable (e.g. {ENV_PREFIX}CAPACITY=20GiB). Origin "
+        "credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or any botocore "
+        "credential source).",
+    )
+    for f in fields(NodeConfig):
+        meta = f.metadata
+        default = f.default
+        if isinstance(default, tuple):
+            default = f"{default[0]}:{default[1]}"
+        env_name = ENV_PREFIX + meta["flag"][2:].replace("-", "_").upper()
+        extra = f", or {meta['env']}" if meta["env"] else ""
+        p.add_argument(meta["flag"], dest=f.name, default=None, metavar=env_name[len(ENV_PREFIX):],
+                       help=f"{meta['help']} [env {env_name}{extra}; default {default}]")
+    return p

@@ -1,0 +1,101 @@
+"""The one error taxonomy of the cache node; adapters map these to HTTP and gRPC codes."""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """Base class of every error the cache reports to a reader."""
+
+    reason = "cache error"
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class BadRequest(CacheError):
+    """The request itself is invalid (path tricks, overlong key, bad bucket name)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MalformedRange(CacheError):
+    """The Range header cannot be parsed, or asks for something unsupported."""
+
+    def __init__(self, header: str, why: str) -> None:
+        super().__init__(header, why)
+        self.header, self.why = header, why
+        self.reason = f"malformed Range header {header!r}: {why}"
+
+
+class RangeNotSatisfiable(CacheError):
+    """The range lies wholly past the end of the object."""
+
+    def __init__(self, header: str, size: int) -> None:
+        super().__init__(header, size)
+        self.header, self.size = header, size
+        self.reason = f"range {header!r} not satisfiable for an object of {size} bytes"
+
+
+class OriginNotFound(CacheError):
+    """The bucket or key does not exist at the origin."""
+
+    def __init__(self, bucket: str, key: str, what: str = "key") -> None:
+        super().__init__(bucket, key, what)
+        self.bucket, self.key = bucket, key
+        self.reason = f"no such {what} at origin: s3://{bucket}/{key}"
+
+
+class OriginUnavailable(CacheError):
+    """The origin could not be reached or failed; only uncached bytes are affected."""
+
+    def __init__(self, bucket: str, key: str, detail: str) -> None:
+        super().__init__(bucket, key, detail)
+        self.bucket, self.key, self.detail = bucket, key, detail
+        self.reason = f"origin unavailable for s3://{bucket}/{key}: {detail}"
+
+
+class OriginTimeout(OriginUnavailable):
+    """The origin did not answer within the fill timeout."""
+
+
+class OriginDenied(CacheError):
+    """The origin refused our credentials for this object."""
+
+    def __init__(self, bucket: str, key: str, detail: str) -> None:
+        super().__init__(bucket, key, detail)
+        self.reason = f"origin denied access to s3://{bucket}/{key}: {detail}"
+
+
+class ObjectChanged(CacheError):
+    """The object changed at origin while it was being read (ETag no longer matches)."""
+
+    def __init__(self, bucket: str, key: str, etag: str) -> None:
+        super().__init__(bucket, key, etag)
+        self.bucket, self.key, self.etag = bucket, key, etag
+        self.reason = f"s3://{bucket}/{key} changed at origin (pinned ETag {etag} is stale)"
+
+
+class StoreFull(CacheError):
+    """No space could be freed for a new block (everything is in use)."""
+
+    def __init__(self, needed: int, capacity: int) -> None:
+        super().__init__(needed, capacity)
+        self.reason = f"block store full: cannot free {needed} bytes under capacity {capacity}"
+
+
+class DiskUnavailable(CacheError):
+    """The local disk failed; the store took itself out of rotation."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = f"local disk unavailable: {detail}"
+
+
+class Overloaded(CacheError):
+    """Too many requests are already waiting for fills."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = f"node overloaded: {detail}"

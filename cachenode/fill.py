@@ -1,0 +1,94 @@
+"""Block reads: local hit, else one shared, bounded, timed fill from the origin."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import zlib
+
+from cachenode.blocks import BlockRef
+from cachenode.config import NodeConfig
+from cachenode.errors import (DiskUnavailable, OriginTimeout, OriginUnavailable, Overloaded,
+                              StoreFull)
+from cachenode.metrics import NodeMetrics
+from cachenode.ports import BlockStore, Origin
+from cachenode.singleflight import SingleFlight
+from cachenode.store.disk import OpenBlock
+
+log = logging.getLogger(__name__)
+
+
+class Filler:
+    """Return a block from disk, or fill it from the origin exactly once per miss."""
+
+    def __init__(self, config: NodeConfig, origin: Origin, store: BlockStore,
+                 metrics: NodeMetrics) -> None:
+        self._config, self._origin, self._store, self._metrics = config, origin, store, metrics
+        self._flight: SingleFlight[bytes] = SingleFlight()
+        self._limit = asyncio.Semaphore(config.max_concurrent_fills)  # origin GETs in flight
+
+    async def close(self) -> None:
+        """Cancel the fills in flight."""
+        await self._flight.close()
+
+    async def read_block(self, ref: BlockRef) -> OpenBlock | bytes:
+        """Return the block as an open file (hit; caller closes it) or as bytes (miss)."""
+        bid = ref.block_id
+        ob = self._store.open_block(bid)
+        if ob is not None:
+            self._metrics.hits.inc()
+            return ob
+        self._metrics.misses.inc()
+        if not self._flight.running(bid) and len(self._flight) >= self._config.max_waiting_fills:
+            raise Overloaded(f"{len(self._flight)} block fills already queued")
+        try:
+            data, shared = await self._flight.do(bid, lambda: self._fill(ref))
+        finally:
+            self._metrics.fills_in_flight.set(len(self._flight))
+        if shared:
+            self._metrics.fills_deduped.inc()
+        return data
+
+    async def read_block_bytes(self, ref: BlockRef) -> bytes:
+        """Return the whole block as bytes, checking the checksum of a disk hit."""
+        got = await self.read_block(ref)
+        if isinstance(got, bytes):
+            return got
+        try:
+            data = await asyncio.get_running_loop().run_in_executor(
+                None, os.pread, got.fd, got.size, 0)
+        finally:
+            got.close()
+        if len(data) != got.size or zlib.crc32(data) != got.crc32:
+            log.warning("block %s failed its checksum; refilling", ref.block_id)
+            self._metrics.corrupt_blocks.inc()
+            self._store.delete(ref.block_id)
+            return await self.read_block_bytes(ref)
+        return data
+
+    async def _fill(self, ref: BlockRef) -> bytes:
+        ob = self._store.open_block(ref.block_id)  # filled while we queued for the flight
+        if ob is not None:
+            ob.close()
+            return await self.read_block_bytes(ref)
+        self._metrics.fills_in_flight.set(len(self._flight))
+        async with self._limit:
+            self._metrics.fills.inc()
+            t0 = time.monotonic()
+            try:
+                async with asyncio.timeout(self._config.fill_timeout_s):
+                    data = await self._origin.get_range(ref.obj, ref.start, ref.length)
+            except TimeoutError:
+                raise OriginTimeout(ref.obj.bucket, ref.obj.key,
+                                    f"block {ref.index} not filled within "
+                                    f"{self._config.fill_timeout_s:g}s") from None
+            self._metrics.fill_seconds.observe(time.monotonic() - t0)
+        if len(data) != ref.length:
+            raise OriginUnavailable(ref.obj.bucket, ref.obj.key, "origin returned a short block")
+        try:
+            await self._store.put(ref, data)
+        except (StoreFull, DiskUnavailable) as e:
+            log.warning("serving block %s uncached: %s", ref.block_id, e)
+        return data

@@ -1,0 +1,153 @@
+"""The gRPC block service (grpc.aio): parse the request, call BlockService, map errors."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import zlib
+from contextlib import aclosing
+from typing import AsyncIterator
+
+import grpc
+
+from cachenode.blocks import BlockRef, ObjectMeta, block_count
+from cachenode.errors import (BadRequest, CacheError, DiskUnavailable, MalformedRange,
+                              ObjectChanged, OriginDenied, OriginNotFound, OriginTimeout,
+                              OriginUnavailable, Overloaded, RangeNotSatisfiable, StoreFull)
+from cachenode.metrics import NodeMetrics
+from cachenode.pb import blockcache_pb2 as pb
+from cachenode.pb import blockcache_pb2_grpc as pb_grpc
+from cachenode.service import BlockService, FileChunk, validate_name
+
+CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
+GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
+    BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    MalformedRange: grpc.StatusCode.INVALID_ARGUMENT,
+    RangeNotSatisfiable: grpc.StatusCode.OUT_OF_RANGE,
+    OriginNotFound: grpc.StatusCode.NOT_FOUND,
+    OriginDenied: grpc.StatusCode.PERMISSION_DENIED,
+    OriginUnavailable: grpc.StatusCode.UNAVAILABLE,
+    OriginTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ObjectChanged: grpc.StatusCode.FAILED_PRECONDITION,
+    StoreFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DiskUnavailable: grpc.StatusCode.UNAVAILABLE,
+    Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def code_of(err: CacheError) -> grpc.StatusCode:
+    """Return the gRPC status code for a cache error (most specific class wins)."""
+    for cls in type(err).__mro__:
+        if cls in GRPC_STATUS:
+            return GRPC_STATUS[cls]  # type: ignore[index]
+    return grpc.StatusCode.INTERNAL
+
+
+def info_of(meta: ObjectMeta, block_size: int) -> pb.ObjectInfo:
+    """Return the wire form of object metadata."""
+    return pb.ObjectInfo(bucket=meta.bucket, key=meta.key, size=meta.size, etag=meta.etag,
+                         last_modified=meta.last_modified, block_size=block_size)
+
+
+class BlockCacheServicer(pb_grpc.BlockCacheServicer):
+    """Serve Stat, ReadRange and ReadBlock from the node's BlockService."""
+
+    def __init__(self, service: BlockService, metrics: NodeMetrics, block_size: int) -> None:
+        self._service, self._metrics, self._block_size = service, metrics, block_size
+
+    async def Stat(self, request: pb.StatRequest,
+                   context: grpc.aio.ServicerContext) -> pb.ObjectInfo:
+        try:
+            meta = await self._service.stat(request.bucket, request.key)
+        except CacheError as e:
+            await self._abort(context, "Stat", e)
+        self._metrics.requests.labels("grpc", "OK").inc()
+        return info_of(meta, self._block_size)
+
+    async def ReadRange(self, request: pb.ReadRangeRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
+        try:
+            meta = await self._service.stat(request.bucket, request.key)
+            if request.etag and request.etag != meta.etag:
+                raise ObjectChanged(request.bucket, request.key, request.etag)
+            start = request.offset
+            end = meta.size - 1 if request.length < 0 else start + request.length - 1
+            end = min(end, meta.size - 1)
+            if start > end and not (request.length == 0 or meta.size == start == 0):
+                raise RangeNotSatisfiable(f"offset {start}", meta.size)
+            first = True
+            offset = start
+            async with aclosing(self._service.chunks(meta, start, end)) as chunks:
+                async for chunk in chunks:
+                    async for data in _chunk_bytes(chunk, self._metrics):
+                        yield pb.Chunk(data=data, offset=offset,
+                                       info=info_of(meta, self._block_size) if first else None)
+                        first, offset = False, offset + len(data)
+            if first:
+                yield pb.Chunk(data=b"", offset=start, info=info_of(meta, self._block_size))
+        except CacheError as e:
+            await self._abort(context, "ReadRange", e)
+        self._metrics.requests.labels("grpc", "OK").inc()
+
+    async def ReadBlock(self, request: pb.ReadBlockRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
+        try:
+            meta = ObjectMeta(request.bucket, request.key, request.object_size, request.etag)
+            validate_name(meta.bucket, meta.key)
+            if request.index >= block_count(meta.size, self._block_size):
+                raise RangeNotSatisfiable(f"block {request.index}", meta.size)
+            ref = BlockRef(meta, request.index, self._block_size)
+            data = await self._service.filler.read_block_bytes(ref)
+            crc = zlib.crc32(data)
+            for i in range(0, len(data), CHUNK_BYTES):
+                yield pb.Chunk(data=data[i:i + CHUNK_BYTES], offset=ref.start + i,
+                               block_crc32=crc if i == 0 else 0)
+            self._metrics.bytes_served.labels("grpc").inc(len(data))
+        except CacheError as e:
+            await self._abort(context, "ReadBlock", e)
+        self._metrics.requests.labels("grpc", "OK").inc()
+
+    async def _abort(self, context: grpc.aio.ServicerContext, method: str,
+                     err: CacheError) -> None:
+        code = code_of(err)
+        self._metrics.requests.labels("grpc", code.name).inc()
+        await context.abort(code, f"{type(err).__name__}: {err}")
+
+
+async def _chunk_bytes(chunk: FileChunk | memoryview,
+                       metrics: NodeMetrics) -> AsyncIterator[bytes]:
+    """Yield a chunk's bytes in messages of at most CHUNK_BYTES."""
+    if isinstance(chunk, memoryview):
+        metrics.bytes_served.labels("origin").inc(len(chunk))
+        for i in range(0, len(chunk), CHUNK_BYTES):
+            yield bytes(chunk[i:i + CHUNK_BYTES])
+        return
+    loop = asyncio.get_running_loop()
+    try:
+        done = 0
+        while done < chunk.length:
+            n = min(CHUNK_BYTES, chunk.length - done)
+            data = await loop.run_in_executor(None, os.pread, chunk.block.fd, n,
+                                              chunk.offset + done)
+            if len(data) != n:
+                raise DiskUnavailable(f"short read of block {chunk.block.block_id}")
+            done += n
+            yield data
+        metrics.bytes_served.labels("disk").inc(chunk.length)
+    finally:
+        chunk.close()
+
+
+async def start_grpc_server(service: BlockService, metrics: NodeMetrics,
+                            addr: tuple[str, int]) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server on host:port and return it with the bound port."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
+                                      ("grpc.max_send_message_length", 8 * 1024 * 1024)])
+    pb_grpc.add_BlockCacheServicer_to_server(
+        BlockCacheServicer(service, metrics, service.block_size), server)
+    host, port = addr
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC to {host}:{port}")
+    await server.start()
+    return server, bound

@@ -1,0 +1,209 @@
+"""The HTTP range API (aiohttp): parse the request, call BlockService, map errors."""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import time
+import urllib.parse
+from contextlib import aclosing
+from typing import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cachenode.blocks import ObjectMeta
+from cachenode.errors import (BadRequest, CacheError, DiskUnavailable, MalformedRange,
+                              ObjectChanged, OriginDenied, OriginNotFound, OriginTimeout,
+                              OriginUnavailable, Overloaded, RangeNotSatisfiable, StoreFull)
+from cachenode.metrics import NodeMetrics
+from cachenode.ranges import Span, parse_range
+from cachenode.sendfile import SocketSender
+from cachenode.service import BlockService, Chunk, FileChunk
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("cachenode.access")
+
+HTTP_STATUS: dict[type[CacheError], int] = {
+    BadRequest: 400,
+    OriginNotFound: 404,
+    MalformedRange: 416,
+    RangeNotSatisfiable: 416,
+    OriginDenied: 502,
+    OriginUnavailable: 502,
+    OriginTimeout: 504,
+    ObjectChanged: 503,
+    StoreFull: 503,
+    DiskUnavailable: 503,
+    Overloaded: 503,
+}
+
+
+def status_of(err: CacheError) -> int:
+    """Return the HTTP status for a cache error (most specific class wins)."""
+    for cls in type(err).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def error_response(err: CacheError) -> web.Response:
+    """Return a JSON error response with the reason a person can act on."""
+    headers = {"X-Blockcache-Error": type(err).__name__}
+    if isinstance(err, RangeNotSatisfiable):
+        headers["Content-Range"] = f"bytes */{err.size}"
+    if status_of(err) == 503:
+        headers["Retry-After"] = "1"
+    body = json.dumps({"error": type(err).__name__, "reason": str(err)}) + "\n"
+    return web.Response(status=status_of(err), text=body, content_type="application/json",
+                        headers=headers)
+
+
+def parse_object_path(raw_path: str) -> tuple[str, str]:
+    """Return (bucket, key) from a raw, percent-encoded path '/<bucket>/<key>'."""
+    bucket_raw, _, key_raw = raw_path.lstrip("/").partition("/")
+    try:
+        bucket = urllib.parse.unquote(bucket_raw, errors="strict")
+        key = urllib.parse.unquote(key_raw, errors="strict")
+    except UnicodeDecodeError:
+        raise BadRequest("path is not valid percent-encoded UTF-8") from None
+    return bucket, key
+
+
+def if_range_holds(value: str | None, meta: ObjectMeta) -> bool:
+    """Return whether an If-Range validator still matches (absent counts as matching)."""
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith('"'):
+        return value == meta.etag  # strong comparison; weak validators never match
+    if value.startswith("W/"):
+        return False
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return False
+    return int(when) == int(meta.last_modified)
+
+
+def object_headers(meta: ObjectMeta) -> dict[str, str]:
+    """Return the validator and type headers of an object response."""
+    return {
+        "ETag": meta.etag,
+        "Last-Modified": email.utils.formatdate(meta.last_modified, usegmt=True),
+        "Accept-Ranges": "bytes",
+        "Content-Type": "application/octet-stream",
+    }
+
+
+class HttpApi:
+    """aiohttp routes for object reads, metrics and health."""
+
+    def __init__(self, service: BlockService, metrics: NodeMetrics,
+                 ready: Callable[[], str | None]) -> None:
+        self._service, self._metrics, self._ready = service, metrics, ready
+
+    def app(self) -> web.Application:
+        """Return the aiohttp application."""
+        app = web.Application(middlewares=[self._measure])
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_route("GET", "/{tail:.*}", self._object)
+        app.router.add_route("HEAD", "/{tail:.*}", self._object)
+        return app
+
+    @web.middleware
+    async def _measure(self, request: web.Request,
+                       handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                       ) -> web.StreamResponse:
+        t0 = time.monotonic()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        finally:
+            self._metrics.requests.labels("http", str(status)).inc()
+            self._metrics.request_seconds.labels("http").observe(time.monotonic() - t0)
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problem = self._ready()
+        if problem:
+            return web.Response(status=503, text=f"not ready: {problem}\n")
+        return web.Response(text="ready\n")
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest(self._metrics.registry))
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def _object(self, request: web.Request) -> web.StreamResponse:
+        try:
+            bucket, key = parse_object_path(request.rel_url.raw_path)
+            for attempt in (1, 2):
+                try:
+                    return await self._serve(request, bucket, key)
+                except ObjectChanged:
+                    if attempt == 2:
+                        raise  # changed twice in a row; let the reader retry
+            raise AssertionError("unreachable")
+        except CacheError as e:
+            return error_response(e)
+
+    async def _serve(self, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
+        meta = await self._service.stat(bucket, key)
+        headers = object_headers(meta)
+        status, span = 200, Span(0, meta.size - 1)
+        rng = request.headers.get("Range")
+        if rng is not None and if_range_holds(request.headers.get("If-Range"), meta):
+            try:
+                span = parse_range(rng, meta.size)
+            except MalformedRange as e:
+                err = RangeNotSatisfiable(rng, meta.size)
+                err.reason = e.reason
+                raise err from None
+            status = 206
+            headers["Content-Range"] = span.content_range(meta.size)
+        length = max(0, span.length)
+        if request.method == "HEAD" or length == 0:
+            headers["Content-Length"] = str(length)
+            return web.Response(status=status, headers=headers)
+        async with aclosing(self._service.chunks(meta, span.start, span.end)) as chunks:
+            first = await anext(chunks)  # errors before the headers still get a status
+            resp = web.StreamResponse(status=status, headers=headers)
+            resp.content_length = length
+            await resp.prepare(request)
+            sender = SocketSender(request, resp)
+            try:
+                await self._send(sender, first)
+                async for chunk in chunks:
+                    await self._send(sender, chunk)
+            except CacheError as e:
+                # Headers are out: cut the connection so the reader sees a short body,
+                # never bytes of another version or a silent gap.
+                log.warning("aborting s3://%s/%s bytes=%d-%d after headers: %s", bucket, key,
+                            span.start, span.end, e)
+                raise ConnectionResetError(str(e)) from e
+            finally:
+                sender.close()
+            await resp.write_eof()
+            return resp
+
+    async def _send(self, sender: SocketSender, chunk: Chunk) -> None:
+        if isinstance(chunk, FileChunk):
+            try:
+                await sender.send_file(chunk.block.fd, chunk.offset, chunk.length)
+            finally:
+                chunk.close()
+            self._metrics.bytes_served.labels("disk").inc(chunk.length)
+        else:
+            await sender.send_bytes(chunk)
+            self._metrics.bytes_served.labels("origin").inc(len(chunk))

@@ -1,0 +1,55 @@
+"""Every Prometheus object of a cache node, named after the data flow (one registry per node)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class NodeMetrics:
+    """The counters, gauges and histograms of one node, in their own registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        p = "blockcache_"
+        self.requests = Counter(p + "requests", "Requests served, by API and status",
+                                ["api", "status"], registry=r)
+        self.request_seconds = Histogram(p + "request_seconds", "Time to serve a request",
+                                         ["api"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.hits = Counter(p + "block_hits", "Block reads served from local disk", registry=r)
+        self.misses = Counter(p + "block_misses", "Block reads not found on local disk",
+                              registry=r)
+        self.bytes_served = Counter(p + "served_bytes", "Bytes sent to readers, by source",
+                                    ["source"], registry=r)
+        self.fills = Counter(p + "fills", "Block fills started from origin", registry=r)
+        self.fills_deduped = Counter(p + "singleflight_joins",
+                                     "Block reads that joined a fill already in flight",
+                                     registry=r)
+        self.fill_seconds = Histogram(p + "fill_seconds", "Time to fill one block from origin",
+                                      buckets=_LATENCY_BUCKETS, registry=r)
+        self.origin_requests = Counter(p + "origin_requests", "Requests sent to the origin",
+                                       ["op"], registry=r)
+        self.origin_errors = Counter(p + "origin_errors", "Failed origin calls, by kind",
+                                     ["op", "kind"], registry=r)
+        self.origin_bytes = Counter(p + "origin_bytes", "Bytes read from the origin", registry=r)
+        self.evictions = Counter(p + "evictions", "Blocks evicted to stay under capacity",
+                                 registry=r)
+        self.evicted_bytes = Counter(p + "evicted_bytes", "Bytes evicted", registry=r)
+        self.corrupt_blocks = Counter(p + "corrupt_blocks",
+                                      "Blocks dropped because file and index disagreed",
+                                      registry=r)
+        self.store_bytes = Gauge(p + "store_bytes", "Bytes of blocks on local disk", registry=r)
+        self.store_blocks = Gauge(p + "store_blocks", "Blocks on local disk", registry=r)
+        self.capacity_bytes = Gauge(p + "store_capacity_bytes", "Configured disk capacity",
+                                    registry=r)
+        self.fills_in_flight = Gauge(p + "fills_in_flight", "Block fills running or queued",
+                                     registry=r)
+        self.metadata_lookups = Counter(p + "metadata_lookups",
+                                        "Object metadata lookups, by result (hit/miss)",
+                                        ["result"], registry=r)
+
+    def value(self, name: str, **labels: str) -> float:
+        """Return the current value of a sample, for tests and the CLI (0 if absent)."""
+        v = self.registry.get_sample_value(name, labels or None)
+        return 0.0 if v is None else v

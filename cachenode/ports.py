@@ -1,0 +1,38 @@
+"""The interfaces the core depends on; adapters (S3, disk, gRPC, HTTP) implement them."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from cachenode.blocks import BlockRef, ObjectMeta
+from cachenode.store.disk import OpenBlock
+
+
+class Origin(Protocol):
+    """Where the bytes really live (an S3-compatible object store)."""
+
+    async def head(self, bucket: str, key: str) -> ObjectMeta:
+        """Return the size and ETag of an object, or raise OriginNotFound/OriginUnavailable."""
+        ...
+
+    async def get_range(self, meta: ObjectMeta, start: int, length: int) -> bytes:
+        """Return exactly `length` bytes at `start` of the pinned version, or raise."""
+        ...
+
+
+class BlockStore(Protocol):
+    """Local block storage: immutable blocks by id, bounded by capacity."""
+
+    failed: str | None
+
+    def open_block(self, block_id: str) -> OpenBlock | None:
+        """Open a committed block for reading, or return None on a miss."""
+        ...
+
+    async def put(self, ref: BlockRef, data: bytes) -> None:
+        """Store a complete block (visible only once complete)."""
+        ...
+
+    def delete(self, block_id: str) -> bool:
+        """Remove a block; return whether it was there."""
+        ...

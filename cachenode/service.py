@@ -1,0 +1,136 @@
+"""The one read path behind every transport: stat an object, then stream a byte range."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from cachenode import blocks
+from cachenode.blocks import BlockSlice, ObjectMeta
+from cachenode.config import NodeConfig
+from cachenode.errors import BadRequest, ObjectChanged
+from cachenode.fill import Filler
+from cachenode.metrics import NodeMetrics
+from cachenode.ports import Origin
+from cachenode.singleflight import SingleFlight
+from cachenode.store.disk import OpenBlock
+
+log = logging.getLogger(__name__)
+MAX_KEY_BYTES = 1024
+METADATA_CACHE_ENTRIES = 100_000
+
+
+@dataclass(slots=True)
+class FileChunk:
+    """A span of an open block file to send; the receiver closes it."""
+
+    block: OpenBlock
+    offset: int
+    length: int
+
+    def close(self) -> None:
+        """Close the block's file."""
+        self.block.close()
+
+
+Chunk = FileChunk | memoryview
+
+
+def validate_name(bucket: str, key: str) -> None:
+    """Raise BadRequest unless bucket and key are a plausible, safe S3 object name."""
+    if not (3 <= len(bucket) <= 63) or not all(c.isascii() and (c.isalnum() or c in ".-_")
+                                                for c in bucket):
+        raise BadRequest(f"invalid bucket name {bucket[:80]!r}")
+    if not key:
+        raise BadRequest("missing object key: use /<bucket>/<key>")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise BadRequest(f"object key longer than {MAX_KEY_BYTES} bytes")
+    if "\x00" in key or any(seg in (".", "..") for seg in key.split("/")):
+        raise BadRequest("object key contains '.' or '..' segments or NUL")
+
+
+class BlockService:
+    """Stat objects (short-TTL metadata cache) and stream byte ranges block by block."""
+
+    def __init__(self, config: NodeConfig, origin: Origin, filler: Filler,
+                 metrics: NodeMetrics) -> None:
+        self._config, self._origin, self.filler, self._metrics = config, origin, filler, metrics
+        self._meta: OrderedDict[tuple[str, str], tuple[float, ObjectMeta]] = OrderedDict()
+        self._heads: SingleFlight[ObjectMeta] = SingleFlight()
+        self.block_size = config.block_size_bytes
+
+    async def close(self) -> None:
+        """Cancel metadata lookups in flight."""
+        await self._heads.close()
+
+    async def stat(self, bucket: str, key: str) -> ObjectMeta:
+        """Return the object's metadata, from cache if younger than the metadata TTL."""
+        validate_name(bucket, key)
+        now = time.monotonic()
+        cached = self._meta.get((bucket, key))
+        if cached and cached[0] > now:
+            self._metrics.metadata_lookups.labels("hit").inc()
+            return cached[1]
+        self._metrics.metadata_lookups.labels("miss").inc()
+        meta, _ = await self._heads.do((bucket, key), lambda: self._origin.head(bucket, key))
+        self._remember(meta)
+        return meta
+
+    def _remember(self, meta: ObjectMeta) -> None:
+        k = (meta.bucket, meta.key)
+        self._meta[k] = (time.monotonic() + self._config.metadata_ttl_s, meta)
+        self._meta.move_to_end(k)
+        while len(self._meta) > METADATA_CACHE_ENTRIES:
+            self._meta.popitem(last=False)
+
+    def invalidate(self, bucket: str, key: str) -> None:
+        """Forget cached metadata of an object (it changed at origin)."""
+        self._meta.pop((bucket, key), None)
+
+    async def chunks(self, meta: ObjectMeta, start: int, end: int) -> AsyncIterator[Chunk]:
+        """Yield the bytes [start, end] of the pinned version in order, with bounded read-ahead.
+
+        Memory stays below (read-ahead + 1) blocks. A FileChunk must be closed by the
+        receiver. ObjectChanged means the version is gone: the metadata is dropped.
+        """
+        todo = iter(blocks.slices(meta, start, end, self._config.block_size_bytes))
+        pending: deque[tuple[BlockSlice, asyncio.Future[OpenBlock | bytes]]] = deque()
+        try:
+            while True:
+                while len(pending) <= self._config.readahead_blocks:
+                    s = next(todo, None)
+                    if s is None:
+                        break
+                    pending.append((s, asyncio.ensure_future(self.filler.read_block(s.ref))))
+                if not pending:
+                    return
+                s, fut = pending.popleft()
+                try:
+                    got = await fut
+                except ObjectChanged:
+                    self.invalidate(meta.bucket, meta.key)
+                    raise
+                if isinstance(got, OpenBlock):
+                    yield FileChunk(got, s.offset, s.length)
+                else:
+                    yield memoryview(got)[s.offset:s.offset + s.length]
+        finally:
+            for _, fut in pending:
+                _discard(fut)
+
+
+def _discard(fut: asyncio.Future[OpenBlock | bytes]) -> None:
+    """Cancel a read-ahead that will not be sent, closing any file it opened."""
+
+    def close(f: asyncio.Future[OpenBlock | bytes]) -> None:
+        if f.cancelled() or f.exception() is not None:
+            return
+        if isinstance(f.result(), OpenBlock):
+            f.result().close()  # type: ignore[union-attr]
+
+    fut.cancel()
+    fut.add_done_callback(close)
