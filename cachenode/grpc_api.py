@@ -39,7 +39,7 @@ def code_of(err: CacheError) -> grpc.StatusCode:
     """Return the gRPC status code for a cache error (most specific class wins)."""
     for cls in type(err).__mro__:
         if cls in GRPC_STATUS:
-            return GRPC_STATUS[cls]  # type: ignore[index]
+            return GRPC_STATUS[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -49,7 +49,7 @@ def info_of(meta: ObjectMeta, block_size: int) -> pb.ObjectInfo:
                          last_modified=meta.last_modified, block_size=block_size)
 
 
-class BlockCacheServicer(pb_grpc.BlockCacheServicer):
+class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     """Serve Stat, ReadRange and ReadBlock from the node's BlockService."""
 
     def __init__(self, service: BlockService, metrics: NodeMetrics, block_size: int) -> None:

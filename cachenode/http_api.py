@@ -44,7 +44,7 @@ def status_of(err: CacheError) -> int:
     """Return the HTTP status for a cache error (most specific class wins)."""
     for cls in type(err).__mro__:
         if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]  # type: ignore[index]
+            return HTTP_STATUS[cls]
     return 500
 
 

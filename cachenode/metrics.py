@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
+                               disable_created_metrics)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -11,6 +12,7 @@ class NodeMetrics:
     """The counters, gauges and histograms of one node, in their own registry."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # *_created samples only add noise to every scrape
         r = self.registry = registry or CollectorRegistry()
         p = "blockcache_"
         self.requests = Counter(p + "requests", "Requests served, by API and status",

@@ -7,7 +7,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import AsyncGenerator
 
 from cachenode import blocks
 from cachenode.blocks import BlockSlice, ObjectMeta
@@ -91,7 +91,7 @@ class BlockService:
         """Forget cached metadata of an object (it changed at origin)."""
         self._meta.pop((bucket, key), None)
 
-    async def chunks(self, meta: ObjectMeta, start: int, end: int) -> AsyncIterator[Chunk]:
+    async def chunks(self, meta: ObjectMeta, start: int, end: int) -> AsyncGenerator[Chunk, None]:
         """Yield the bytes [start, end] of the pinned version in order, with bounded read-ahead.
 
         Memory stays below (read-ahead + 1) blocks. A FileChunk must be closed by the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from typing import Awaitable, Callable, Generic, Hashable, TypeVar
 
 T = TypeVar("T")
@@ -33,7 +34,7 @@ class SingleFlight(Generic[T]):
         if task is None:
             task = asyncio.ensure_future(fn())
             self._tasks[key] = task
-            task.add_done_callback(lambda t, k=key: self._forget(k, t))
+            task.add_done_callback(functools.partial(self._forget, key))
         return await asyncio.shield(task), shared
 
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:

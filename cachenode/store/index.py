@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, cast
 
 import msgpack
 from rocksdict import Options, Rdict, WriteBatch
@@ -48,7 +48,7 @@ class BlockIndex:
     def get(self, block_id: str) -> IndexEntry | None:
         """Return the entry of `block_id`, or None."""
         raw = self._db.get(_BLOCK + block_id.encode())
-        return None if raw is None else _decode(block_id, raw)
+        return None if raw is None else _decode(block_id, cast(bytes, raw))
 
     def put(self, e: IndexEntry) -> None:
         """Record a block (both the block and the object-prefix keys, in one batch)."""
@@ -68,6 +68,7 @@ class BlockIndex:
     def entries(self) -> Iterator[IndexEntry]:
         """Yield every entry, in block-id order."""
         for k, v in self._db.items(from_key=_BLOCK):
+            k, v = cast(bytes, k), cast(bytes, v)
             if not k.startswith(_BLOCK):
                 break
             yield _decode(k[len(_BLOCK):].decode(), v)
@@ -76,6 +77,7 @@ class BlockIndex:
         """Yield ids of blocks whose object key starts with `key_prefix` (an index scan)."""
         start = _OBJECT + f"{bucket}\0{key_prefix}".encode("utf-8", "surrogatepass")
         for k, v in self._db.items(from_key=start):
+            k, v = cast(bytes, k), cast(bytes, v)
             if not k.startswith(start):
                 break
             yield v.decode()

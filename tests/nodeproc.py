@@ -1,0 +1,93 @@
+"""Run a `cachenode` process for tests and benchmarks: start, wait ready, kill -9, restart."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Mapping
+
+from tests.servers import free_port
+
+CACHENODE = str(Path(sys.executable).parent / "cachenode")
+
+
+class NodeProcess:
+    """A cache node in its own process, on free loopback ports."""
+
+    def __init__(self, data_dir: Path, origin_env: Mapping[str, str], *args: str) -> None:
+        self.data_dir, self.origin_env, self.args = Path(data_dir), dict(origin_env), list(args)
+        self.http_port, self.grpc_port = free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    @property
+    def url(self) -> str:
+        """Return the node's HTTP base URL."""
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout_s: float = 30.0) -> "NodeProcess":
+        """Start the process and wait until /readyz answers 200."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [CACHENODE, "--data-dir", str(self.data_dir), "--http",
+             f"127.0.0.1:{self.http_port}", "--grpc", f"127.0.0.1:{self.grpc_port}", *self.args],
+            env={**os.environ, **self.origin_env}, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"cachenode exited with {self.proc.returncode}: "
+                                   f"{self.log_path.read_text()[-2000:]}")
+            try:
+                if self.get("/readyz")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"cachenode not ready in {timeout_s}s: {self.log_path.read_text()[-2000:]}")
+
+    def get(self, path: str, headers: Mapping[str, str] | None = None,
+            method: str = "GET", timeout_s: float = 60.0) -> tuple[int, dict[str, str], bytes]:
+        """Send one request and return (status, headers, body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout_s)
+        try:
+            conn.request(method, path, headers=dict(headers or {}))
+            r = conn.getresponse()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+        finally:
+            conn.close()
+
+    def metric(self, name: str) -> float:
+        """Return the sum of all samples of a metric (0 if absent)."""
+        text = self.get("/metrics")[2].decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
+
+    def kill9(self) -> None:
+        """Kill the process with SIGKILL and reap it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop the process with SIGTERM (graceful), killing it if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise RuntimeError("cachenode did not stop on SIGTERM")
+
+    def blocks_on_disk(self) -> int:
+        """Return the bytes of block files under the data dir."""
+        root = self.data_dir / "blocks"
+        return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
