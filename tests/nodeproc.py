@@ -33,12 +33,12 @@ class NodeProcess:
     def start(self, timeout_s: float = 30.0) -> "NodeProcess":
         """Start the process and wait until /readyz answers 200."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [CACHENODE, "--data-dir", str(self.data_dir), "--http",
-             f"127.0.0.1:{self.http_port}", "--grpc", f"127.0.0.1:{self.grpc_port}", *self.args],
-            env={**os.environ, **self.origin_env}, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [CACHENODE, "--data-dir", str(self.data_dir), "--http",
+                 f"127.0.0.1:{self.http_port}", "--grpc", f"127.0.0.1:{self.grpc_port}",
+                 *self.args],
+                env={**os.environ, **self.origin_env}, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

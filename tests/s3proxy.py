@@ -1,0 +1,166 @@
+"""Count requests to an S3 endpoint through a byte-for-byte reverse proxy that can go down."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Self
+
+import aiohttp
+from aiohttp import web
+from yarl import URL
+
+from tests.servers import free_port
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and Expect (not signed by SigV4) stay on their own hop.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+                        "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
+                        "expect"})
+
+
+@dataclass
+class Counts:
+    """A snapshot of what the proxy has seen since the last reset."""
+
+    total: int = 0
+    requests: Counter[tuple[str, str]] = field(default_factory=Counter)  # (method, path)
+    range_gets: Counter[tuple[str, str]] = field(default_factory=Counter)  # (path, Range)
+
+
+class CountingProxy:
+    """A reverse proxy to `upstream` on 127.0.0.1, served from its own thread and event loop."""
+
+    def __init__(self, upstream: str, port: int | None = None, chunk_bytes: int = 256 * 1024
+                 ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.port = port or free_port()
+        self.chunk_bytes = chunk_bytes
+        self._counts = Counts()  # guarded by _lock
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name=f"CountingProxy:{self.port}")
+        self._thread.start()
+        self._runner: web.AppRunner | None = None  # touched only on _loop
+        self._session: aiohttp.ClientSession | None = None  # touched only on _loop
+
+    @property
+    def endpoint_url(self) -> str:
+        """Return the proxy's URL, to use as an S3 endpoint."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def counts(self) -> Counts:
+        """Return a copy of the counters."""
+        with self._lock:
+            c = self._counts
+            return Counts(c.total, Counter(c.requests), Counter(c.range_gets))
+
+    @property
+    def total(self) -> int:
+        """Return how many requests arrived since the last reset."""
+        return self.counts.total
+
+    @property
+    def requests(self) -> Counter[tuple[str, str]]:
+        """Return request counts per (method, decoded path)."""
+        return self.counts.requests
+
+    @property
+    def range_gets(self) -> Counter[tuple[str, str]]:
+        """Return counts of GETs with a Range header per (decoded path, Range value)."""
+        return self.counts.range_gets
+
+    def reset(self) -> None:
+        """Zero every counter."""
+        with self._lock:
+            self._counts = Counts()
+
+    def start(self) -> Self:
+        """Listen on the proxy's port and forward requests (again, after stop)."""
+        self._call(self._start())
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection, so new connections are refused."""
+        self._call(self._stop())
+
+    def close(self) -> None:
+        """Stop and end the proxy's thread and loop."""
+        if self._thread.is_alive():
+            self.stop()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._loop.close()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    async def _start(self) -> None:
+        if self._runner is not None:
+            return
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._forward)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port, reuse_address=True).start()
+        self._runner = runner
+
+    async def _stop(self) -> None:
+        runner, session, self._runner, self._session = self._runner, self._session, None, None
+        if runner is not None:
+            await runner.cleanup()
+        if session is not None:
+            await session.close()
+
+    def _count(self, request: web.Request) -> None:
+        with self._lock:
+            self._counts.total += 1
+            self._counts.requests[(request.method, request.path)] += 1
+            if request.method == "GET" and "Range" in request.headers:
+                self._counts.range_gets[(request.path, request.headers["Range"])] += 1
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        """Send the request on unchanged (raw path, query, Host, Authorization); stream back."""
+        self._count(request)
+        assert self._session is not None
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        url = URL(self.upstream + request.raw_path, encoded=True)
+        body = request.content if request.body_exists else None
+        try:
+            upstream = await self._session.request(
+                request.method, url, headers=headers, data=body, allow_redirects=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"))
+        except aiohttp.ClientError as e:
+            return web.Response(status=502, text=f"proxy: upstream unavailable: {e}")
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for k, v in upstream.headers.items():
+                if k.lower() not in HOP_BY_HOP:
+                    response.headers.add(k, v)
+            await response.prepare(request)
+            try:
+                if request.method != "HEAD":
+                    async for chunk in upstream.content.iter_chunked(self.chunk_bytes):
+                        await response.write(chunk)
+                await response.write_eof()
+            except ConnectionResetError:  # the client went away mid-body
+                pass
+            return response
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.to_thread(self.close)
