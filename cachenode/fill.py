@@ -49,7 +49,12 @@ class Filler:
             self._metrics.fills_in_flight.set(len(self._flight))
         if shared:
             self._metrics.fills_deduped.inc()
-        return data
+        # Send the stored file rather than hold the bytes: a slow reader then pins no memory.
+        ob = self._store.open_block(bid)
+        if ob is None:
+            return data
+        ob.source = "origin"
+        return ob
 
     async def read_block_bytes(self, ref: BlockRef) -> bytes:
         """Return the whole block as bytes, checking the checksum of a disk hit."""

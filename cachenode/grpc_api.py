@@ -133,7 +133,7 @@ async def _chunk_bytes(chunk: FileChunk | memoryview,
                 raise DiskUnavailable(f"short read of block {chunk.block.block_id}")
             done += n
             yield data
-        metrics.bytes_served.labels("disk").inc(chunk.length)
+        metrics.bytes_served.labels(chunk.block.source).inc(chunk.length)
     finally:
         chunk.close()
 

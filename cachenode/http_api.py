@@ -203,7 +203,7 @@ class HttpApi:
                 await sender.send_file(chunk.block.fd, chunk.offset, chunk.length)
             finally:
                 chunk.close()
-            self._metrics.bytes_served.labels("disk").inc(chunk.length)
+            self._metrics.bytes_served.labels(chunk.block.source).inc(chunk.length)
         else:
             await sender.send_bytes(chunk)
             self._metrics.bytes_served.labels("origin").inc(len(chunk))

@@ -29,6 +29,7 @@ class OpenBlock:
     fd: int
     size: int
     crc32: int
+    source: str = "disk"  # "origin" when this read filled the block just now
 
     def close(self) -> None:
         """Close the file descriptor."""
@@ -79,6 +80,7 @@ class DiskStore:
             else:
                 self._index.delete(e)
                 dropped += 1
+        self._metrics.corrupt_blocks.inc(dropped)  # file and index disagreed, as in open_block
         known = {e.block_id for e in entries}
         strays = self._remove_strays(known)
         for e in sorted(entries, key=lambda e: e.atime):

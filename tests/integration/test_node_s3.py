@@ -265,3 +265,18 @@ def test_bad_ranges_get_416_with_size(node: NodeProcess, objects: dict[str, byte
     assert status == 416, body
     assert headers["content-range"] == f"bytes */{BS}"
     assert b"reason" in body
+
+
+def test_cachectl_stat_and_cat(node: NodeProcess, objects: dict[str, bytes]) -> None:
+    import json
+    import subprocess
+    import sys
+    cachectl = [str(Path(sys.executable).parent / "cachectl"), "--node", node.url]
+    out = subprocess.run([*cachectl, "stat", "s3://exact/sizes/block_plus_one.bin"],
+                         capture_output=True, check=True, text=True).stdout
+    assert json.loads(out)["size"] == BS + 1
+    got = subprocess.run([*cachectl, "cat", "s3://exact/sizes/block_plus_one.bin", "--range",
+                          f"{BS - 2}-"], capture_output=True, check=True).stdout
+    assert got == objects["block_plus_one"][BS - 2:]
+    r = subprocess.run([*cachectl, "cat", "s3://exact/nope"], capture_output=True, text=True)
+    assert r.returncode == 1 and "404" in r.stderr and "no such key" in r.stderr
