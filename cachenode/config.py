@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 def parse_size(text: str) -> int:
     """Return the byte count of a size such as '20GiB', '4MiB', '500MB' or '1048576'."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _UNITS:
         raise ConfigError(f"{text!r} is not a size (examples: 20GiB, 4MiB, 500MB, 1048576)")
@@ -31,7 +31,7 @@ def parse_size(text: str) -> int:
 
 def parse_duration(text: str) -> float:
     """Return the seconds of a duration such as '10s', '500ms', '2m' or '1.5'."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
     unit = m.group(2).lower() if m else None
     if m is None or unit not in _DURATIONS:
         raise ConfigError(f"{text!r} is not a duration (examples: 10s, 500ms, 2m)")

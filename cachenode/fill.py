@@ -61,23 +61,32 @@ class Filler:
         got = await self.read_block(ref)
         if isinstance(got, bytes):
             return got
+        data = await self._read_checked(got)
+        if data is None:
+            self._store.delete(ref.block_id)
+            return await self.read_block_bytes(ref)  # now a miss: refilled from origin
+        return data
+
+    async def _read_checked(self, ob: OpenBlock) -> bytes | None:
+        """Return a stored block's bytes, or None if they fail the recorded checksum."""
         try:
             data = await asyncio.get_running_loop().run_in_executor(
-                None, os.pread, got.fd, got.size, 0)
+                None, os.pread, ob.fd, ob.size, 0)
         finally:
-            got.close()
-        if len(data) != got.size or zlib.crc32(data) != got.crc32:
-            log.warning("block %s failed its checksum; refilling", ref.block_id)
-            self._metrics.corrupt_blocks.inc()
-            self._store.delete(ref.block_id)
-            return await self.read_block_bytes(ref)
-        return data
+            ob.close()
+        if len(data) == ob.size and zlib.crc32(data) == ob.crc32:
+            return data
+        log.warning("block %s failed its checksum; dropping it", ob.block_id)
+        self._metrics.corrupt_blocks.inc()
+        return None
 
     async def _fill(self, ref: BlockRef) -> bytes:
         ob = self._store.open_block(ref.block_id)  # filled while we queued for the flight
         if ob is not None:
-            ob.close()
-            return await self.read_block_bytes(ref)
+            data = await self._read_checked(ob)
+            if data is not None:
+                return data
+            self._store.delete(ref.block_id)  # corrupt: fill it again below
         self._metrics.fills_in_flight.set(len(self._flight))
         async with self._limit:
             self._metrics.fills.inc()

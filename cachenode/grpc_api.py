@@ -69,7 +69,10 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
         try:
             meta = await self._service.stat(request.bucket, request.key)
             if request.etag and request.etag != meta.etag:
-                raise ObjectChanged(request.bucket, request.key, request.etag)
+                self._service.invalidate(request.bucket, request.key)  # ours may be the stale one
+                meta = await self._service.stat(request.bucket, request.key)
+                if request.etag != meta.etag:
+                    raise ObjectChanged(request.bucket, request.key, request.etag)
             start = request.offset
             end = meta.size - 1 if request.length < 0 else start + request.length - 1
             end = min(end, meta.size - 1)

@@ -97,6 +97,12 @@ def object_headers(meta: ObjectMeta) -> dict[str, str]:
     }
 
 
+def _abort(request: web.Request) -> None:
+    """Close the connection at once (the response cannot be completed)."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
 class HttpApi:
     """aiohttp routes for object reads, metrics and health."""
 
@@ -178,20 +184,30 @@ class HttpApi:
             return web.Response(status=status, headers=headers)
         async with aclosing(self._service.chunks(meta, span.start, span.end)) as chunks:
             first = await anext(chunks)  # errors before the headers still get a status
-            resp = web.StreamResponse(status=status, headers=headers)
-            resp.content_length = length
-            await resp.prepare(request)
-            sender = SocketSender(request, resp)
+            try:
+                resp = web.StreamResponse(status=status, headers=headers)
+                resp.content_length = length
+                await resp.prepare(request)
+                sender = SocketSender(request, resp)
+            except BaseException:
+                if isinstance(first, FileChunk):
+                    first.close()  # the reader left before the headers; _send never runs
+                raise
             try:
                 await self._send(sender, first)
                 async for chunk in chunks:
                     await self._send(sender, chunk)
-            except CacheError as e:
+            except (CacheError, EOFError) as e:
                 # Headers are out: cut the connection so the reader sees a short body,
                 # never bytes of another version or a silent gap.
-                log.warning("aborting s3://%s/%s bytes=%d-%d after headers: %s", bucket, key,
+                log.warning("cut s3://%s/%s bytes=%d-%d after the headers: %s", bucket, key,
                             span.start, span.end, e)
-                raise ConnectionResetError(str(e)) from e
+                _abort(request)
+                return resp
+            except ConnectionError as e:
+                log.debug("reader of s3://%s/%s went away: %s", bucket, key, e)
+                _abort(request)
+                return resp
             finally:
                 sender.close()
             await resp.write_eof()

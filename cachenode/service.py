@@ -12,7 +12,7 @@ from typing import AsyncGenerator
 from cachenode import blocks
 from cachenode.blocks import BlockSlice, ObjectMeta
 from cachenode.config import NodeConfig
-from cachenode.errors import BadRequest, ObjectChanged
+from cachenode.errors import BadRequest, ObjectChanged, OriginUnavailable
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import Origin
@@ -76,7 +76,12 @@ class BlockService:
             self._metrics.metadata_lookups.labels("hit").inc()
             return cached[1]
         self._metrics.metadata_lookups.labels("miss").inc()
-        meta, _ = await self._heads.do((bucket, key), lambda: self._origin.head(bucket, key))
+        try:
+            meta, _ = await self._heads.do((bucket, key), lambda: self._origin.head(bucket, key))
+        except OriginUnavailable:
+            if cached is None:
+                raise
+            return cached[1]  # origin down: a stale ETag still pins cached blocks (hits served)
         self._remember(meta)
         return meta
 
@@ -108,12 +113,13 @@ class BlockService:
                     pending.append((s, asyncio.ensure_future(self.filler.read_block(s.ref))))
                 if not pending:
                     return
-                s, fut = pending.popleft()
+                s, fut = pending[0]  # stays pending (closed by finally) until its result is ours
                 try:
                     got = await fut
                 except ObjectChanged:
                     self.invalidate(meta.bucket, meta.key)
                     raise
+                pending.popleft()
                 if isinstance(got, OpenBlock):
                     yield FileChunk(got, s.offset, s.length)
                 else:

@@ -152,7 +152,8 @@ class DiskStore:
             return
         self._reserve(size)
         try:
-            tmp = self._tmp / f"{bid}.{os.getpid()}.{id(data)}.tmp"
+            # unique per call: concurrent puts of one block (same bytes object) must not share it
+            tmp = self._tmp / f"{bid}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
             crc = await asyncio.get_running_loop().run_in_executor(
                 None, self._write_file, tmp, self._path(bid), data)
         except OSError as err:
@@ -177,6 +178,8 @@ class DiskStore:
         return crc
 
     def _reserve(self, size: int) -> None:
+        if self._reserved + size > self.capacity:  # fills in progress alone fill the disk
+            raise StoreFull(size, self.capacity)
         self._shrink_to(self.capacity - self._reserved - size)
         if self._lru.total + self._reserved + size > self.capacity:
             raise StoreFull(size, self.capacity)

@@ -1,0 +1,464 @@
+"""The HTTP range API of a CacheNode (FakeOrigin, real DiskStore) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+import pytest_asyncio
+from multidict import CIMultiDict
+from yarl import URL
+
+from cachenode.config import NodeConfig
+from cachenode.node import CacheNode
+from tests.fakes import FakeOrigin, down
+
+BS = 64 * 1024
+LAST_MODIFIED = 1_700_000_000.0  # what FakeOrigin reports
+
+
+def blob(size: int, seed: int = 1) -> bytes:
+    return bytes((seed * 7 + i * 31 + (i >> 8)) % 256 for i in range(size))
+
+
+@dataclass
+class Node:
+    node: CacheNode
+    origin: FakeOrigin
+    http: aiohttp.ClientSession
+    base: str
+
+    def put(self, key: str, data: bytes, bucket: str = "bkt") -> str:
+        return self.origin.put(bucket, key, data)
+
+    def url(self, raw_path: str) -> URL:
+        return URL(self.base + raw_path, encoded=True)  # sent exactly as written
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.node.metrics.value(name, **labels)
+
+
+@pytest_asyncio.fixture
+async def node(tmp_path: Path) -> AsyncIterator[Node]:
+    cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=64 * BS,
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     fill_timeout_s=2.0)
+    origin = FakeOrigin()
+    async with CacheNode(cfg, origin=origin) as n, aiohttp.ClientSession() as http:
+        yield Node(n, origin, http, f"http://127.0.0.1:{n.http_port}")
+
+
+async def get(n: Node, path: str, headers: dict[str, str] | None = None,
+              method: str = "GET") -> tuple[int, CIMultiDict[str], bytes]:
+    async with n.http.request(method, n.url(path), headers=headers or {}) as resp:
+        return resp.status, resp.headers.copy(), await resp.read()
+
+
+async def raw_request(port: int, request_line: str) -> tuple[int, bytes]:
+    """Send a request line byte for byte (no client-side normalisation); return status, body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"{request_line}\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                     .encode("latin-1"))
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.asyncio
+async def test_full_get_and_headers(node: Node) -> None:
+    data = blob(3 * BS + 17)
+    etag = node.put("model.bin", data)
+    status, headers, body = await get(node, "/bkt/model.bin")
+    assert status == 200 and body == data
+    assert headers["ETag"] == etag
+    assert headers["Accept-Ranges"] == "bytes"
+    assert headers["Content-Length"] == str(len(data))
+    assert email.utils.parsedate_to_datetime(headers["Last-Modified"]).timestamp() == LAST_MODIFIED
+    assert "Content-Range" not in headers
+    status, headers, body = await get(node, "/bkt/model.bin")  # warm: sent from disk
+    assert status == 200 and body == data
+    assert sum(node.origin.gets.values()) == 4
+    assert node.metric("blockcache_served_bytes_total", source="disk") == len(data)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("rng", "start", "end"),
+    [("bytes=0-0", 0, 0), ("bytes=5-", 5, None), ("bytes=-10", -10, None),
+     ("bytes=-999999999", 0, None), (f"bytes={BS - 3}-{BS + 2}", BS - 3, BS + 2),
+     ("bytes=100-99999999", 100, None), (f"bytes={2 * BS}-{2 * BS}", 2 * BS, 2 * BS)],
+)
+async def test_range_206(node: Node, rng: str, start: int, end: int | None) -> None:
+    data = blob(2 * BS + 50)
+    node.put("m", data)
+    size = len(data)
+    lo = start if start >= 0 else size + start
+    hi = size - 1 if end is None else end
+    for _ in range(2):  # cold, then warm
+        status, headers, body = await get(node, "/bkt/m", {"Range": rng})
+        assert status == 206
+        assert headers["Content-Range"] == f"bytes {lo}-{hi}/{size}"
+        assert headers["Content-Length"] == str(hi - lo + 1)
+        assert body == data[lo:hi + 1]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rng", ["bytes=100-", "bytes=100-200", "bytes=-0", "bytes=a-b",
+                                 "items=0-1", "bytes=5-1", "bytes=0-1,3-4", "bytes="])
+async def test_range_416(node: Node, rng: str) -> None:
+    node.put("m", blob(100))
+    status, headers, body = await get(node, "/bkt/m", {"Range": rng})
+    assert status == 416
+    assert headers["Content-Range"] == "bytes */100"
+    doc = json.loads(body)
+    assert doc["error"] == "RangeNotSatisfiable"
+    assert "range" in doc["reason"].lower()
+    assert not node.origin.gets
+
+
+@pytest.mark.asyncio
+async def test_if_range(node: Node) -> None:
+    data = blob(1000)
+    etag = node.put("m", data)
+    date = email.utils.formatdate(LAST_MODIFIED, usegmt=True)
+    older = email.utils.formatdate(LAST_MODIFIED - 3600, usegmt=True)
+    cases = [(etag, 206), ('"stale"', 200), ("W/" + etag, 200), (date, 206), (older, 200),
+             ("not a date", 200)]
+    for validator, expected in cases:
+        status, headers, body = await get(node, "/bkt/m",
+                                          {"Range": "bytes=10-19", "If-Range": validator})
+        assert status == expected, validator
+        if expected == 206:
+            assert body == data[10:20] and headers["Content-Range"] == "bytes 10-19/1000"
+        else:
+            assert body == data and "Content-Range" not in headers
+
+
+@pytest.mark.asyncio
+async def test_head(node: Node) -> None:
+    data = blob(BS + 1)
+    etag = node.put("m", data)
+    status, headers, body = await get(node, "/bkt/m", method="HEAD")
+    assert status == 200 and body == b""
+    assert headers["Content-Length"] == str(BS + 1) and headers["ETag"] == etag
+    assert headers["Accept-Ranges"] == "bytes"
+    status, headers, body = await get(node, "/bkt/m", {"Range": "bytes=-5"}, method="HEAD")
+    assert status == 206 and body == b""
+    assert headers["Content-Length"] == "5"
+    assert headers["Content-Range"] == f"bytes {BS - 4}-{BS}/{BS + 1}"
+    assert not node.origin.gets  # HEAD never reads blocks
+
+
+@pytest.mark.asyncio
+async def test_empty_object(node: Node) -> None:
+    node.put("empty", b"")
+    status, headers, body = await get(node, "/bkt/empty")
+    assert status == 200 and body == b"" and headers["Content-Length"] == "0"
+    status, headers, _ = await get(node, "/bkt/empty", {"Range": "bytes=0-"})
+    assert status == 416 and headers["Content-Range"] == "bytes */0"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("key", "raw_path"),
+    [("a b/c d.bin", "/bkt/a%20b/c%20d.bin"),
+     ("модель/模型.bin", "/bkt/" + quote("модель/模型.bin")),
+     ("100%", "/bkt/100%25"),
+     ("100%25", "/bkt/100%2525"),
+     ("a+b", "/bkt/a+b"),
+     ("a b", "/bkt/a%20b"),
+     ("a//b///c", "/bkt/a//b///c"),
+     ("...", "/bkt/..."),
+     ("q?x=1", "/bkt/q%3Fx=1")],
+)
+async def test_odd_keys(node: Node, key: str, raw_path: str) -> None:
+    data = blob(300, seed=len(key))
+    node.put(key, data)
+    node.put("decoy", b"wrong")  # a wrong decode must not find something else
+    status, _, body = await get(node, raw_path)
+    assert status == 200, body
+    assert body == data
+    assert ("bkt", key) in node.origin.heads
+
+
+@pytest.mark.asyncio
+async def test_plus_is_not_a_space(node: Node) -> None:
+    node.put("a b", b"space")
+    status, _, body = await get(node, "/bkt/a+b")
+    assert status == 404, body
+
+
+@pytest.mark.asyncio
+async def test_query_string_is_not_part_of_key(node: Node) -> None:
+    node.put("k", b"data")
+    status, _, body = await get(node, "/bkt/k?versionId=1")
+    assert status == 200 and body == b"data"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "request_line",
+    ["GET /bkt/a/../../etc/passwd HTTP/1.1",
+     "GET /bkt/../etc/passwd HTTP/1.1",
+     "GET /bkt/%2e%2e/x HTTP/1.1",
+     "GET /bkt/a/%2E%2E/%2E%2E/x HTTP/1.1",
+     "GET /bkt/a/%2e%2e%2fx HTTP/1.1",
+     "GET /bkt/./x HTTP/1.1",
+     "GET /bkt/a/.. HTTP/1.1",
+     "GET /bkt/a%00b HTTP/1.1",
+     "GET /bkt/%ff%fe HTTP/1.1",
+     "GET /../../etc/passwd HTTP/1.1",
+     "GET /bkt HTTP/1.1",
+     "GET / HTTP/1.1"],
+)
+async def test_path_tricks_rejected_raw(node: Node, request_line: str) -> None:
+    node.put("x", b"secret")
+    node.put("passwd", b"secret", bucket="etc")
+    node.put("etc/passwd", b"secret")
+    status, body = await raw_request(node.node.http_port, request_line)
+    assert status == 400, (request_line, status, body)
+    assert b"secret" not in body
+    assert "reason" in json.loads(body)
+    assert not node.origin.heads and not node.origin.gets
+
+
+@pytest.mark.asyncio
+async def test_bad_names_400(node: Node) -> None:
+    for path in ("/ab/k", "/" + "b" * 64 + "/k", "/bk%20t/k", "/bkt%2Fx/k",
+                 "/bkt/" + "k" * 1025, "/bkt/" + quote("é" * 600)):
+        status, headers, body = await get(node, path)
+        assert status == 400, path
+        assert headers["Content-Type"].startswith("application/json")
+        doc = json.loads(body)
+        assert doc["error"] == "BadRequest" and doc["reason"]
+    status, _, _ = await get(node, "/bkt/" + "k" * 1024)
+    assert status == 404  # exactly the limit is a valid (unknown) key
+    assert list(node.origin.heads) == [("bkt", "k" * 1024)]
+
+
+@pytest.mark.asyncio
+async def test_unknown_key_404(node: Node) -> None:
+    status, headers, body = await get(node, "/bkt/no/such/key")
+    assert status == 404
+    assert headers["X-Blockcache-Error"] == "OriginNotFound"
+    doc = json.loads(body)
+    assert doc == {"error": "OriginNotFound",
+                   "reason": "no such key at origin: s3://bkt/no/such/key"}
+
+
+@pytest.mark.asyncio
+async def test_object_changed_is_retried_with_new_version(node: Node) -> None:
+    old_etag = node.put("m", blob(2 * BS, seed=1))
+    status, headers, _ = await get(node, "/bkt/m", method="HEAD")  # metadata cached
+    assert status == 200 and headers["ETag"] == old_etag
+    new = blob(2 * BS, seed=2)
+    new_etag = node.put("m", new)
+    status, headers, body = await get(node, "/bkt/m", {"Range": f"bytes={BS}-"})
+    assert status == 206 and body == new[BS:] and headers["ETag"] == new_etag
+    assert node.origin.heads[("bkt", "m")] == 2  # the stale ETag was dropped and re-HEADed
+    status, headers, body = await get(node, "/bkt/m")
+    assert status == 200 and body == new and headers["ETag"] == new_etag
+
+
+@pytest.mark.asyncio
+async def test_origin_down(node: Node) -> None:
+    data = blob(3 * BS)
+    node.put("m", data)
+    assert (await get(node, "/bkt/m", {"Range": f"bytes=0-{BS - 1}"}))[0] == 206
+    node.origin.fail = down("bkt", "m")
+    node.origin.delay_s = 0.0
+    status, _, body = await get(node, "/bkt/m", {"Range": "bytes=10-99"})
+    assert status == 206 and body == data[10:100]  # cached range still served
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    status, _, body = await get(node, "/bkt/m", {"Range": f"bytes={BS}-{BS + 9}"})
+    assert loop.time() - t0 < 1.0  # fails fast
+    assert status == 502
+    doc = json.loads(body)
+    assert doc["error"] == "OriginUnavailable" and "connection refused" in doc["reason"]
+    status, _, _ = await get(node, "/bkt/other")  # nothing cached: 502, not 404
+    assert status == 502
+    node.origin.fail = None
+    status, _, body = await get(node, "/bkt/m", {"Range": f"bytes={BS}-{BS + 9}"})
+    assert status == 206 and body == data[BS:BS + 10]
+
+
+@pytest.mark.asyncio
+async def test_fill_timeout_504(tmp_path: Path) -> None:
+    cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     fill_timeout_s=0.05)
+    origin = FakeOrigin()
+    origin.put("bkt", "m", blob(BS))
+    async with CacheNode(cfg, origin=origin) as n:
+        await n.service.stat("bkt", "m")
+        origin.delay_s = 5.0
+        async with (aiohttp.ClientSession() as http,
+                    http.get(f"http://127.0.0.1:{n.http_port}/bkt/m") as resp):
+            assert resp.status == 504
+            assert "not filled within" in (await resp.json())["reason"]
+
+
+@pytest.mark.asyncio
+async def test_concurrent_readers_one_fill(node: Node) -> None:
+    data = blob(2 * BS)
+    node.put("m", data)
+    node.origin.delay_s = 0.05
+    results = await asyncio.gather(*(get(node, "/bkt/m") for _ in range(20)))
+    assert all(status == 200 and body == data for status, _, body in results)
+    assert node.origin.gets == {("bkt", "m", 0): 1, ("bkt", "m", BS): 1}
+    assert node.origin.heads[("bkt", "m")] == 1
+
+
+@pytest.mark.asyncio
+async def test_no_fd_leak_over_many_requests(node: Node) -> None:
+    data = blob(3 * BS)
+    node.put("m", data)
+    await get(node, "/bkt/m")
+    fds = len(os.listdir("/proc/self/fd"))
+    for i in range(20):
+        status, _, body = await get(node, "/bkt/m", {"Range": f"bytes={i * 1000}-{2 * BS + i}"})
+        assert status == 206 and body == data[i * 1000:2 * BS + i + 1]
+    await asyncio.sleep(0.01)
+    assert len(os.listdir("/proc/self/fd")) <= fds
+
+
+@pytest.mark.asyncio
+async def test_health_ready_metrics(node: Node) -> None:
+    async with node.http.get(node.base + "/healthz") as resp:
+        assert resp.status == 200 and (await resp.text()).strip() == "ok"
+    async with node.http.get(node.base + "/readyz") as resp:
+        assert resp.status == 200 and (await resp.text()).strip() == "ready"
+    node.put("m", blob(10))
+    await get(node, "/bkt/m")
+    await get(node, "/bkt/m")
+    await get(node, "/bkt/nope")
+    async with node.http.get(node.base + "/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    for line in ('blockcache_requests_total{api="http",status="200"} ',
+                 'blockcache_requests_total{api="http",status="404"} 1.0',
+                 "blockcache_block_hits_total 1.0", "blockcache_block_misses_total 1.0",
+                 "blockcache_fills_total 1.0", "blockcache_store_blocks 1.0",
+                 'blockcache_metadata_lookups_total{result="hit"} 1.0'):
+        assert line in text, line
+    assert "_created" not in text
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line[:1] not in "#")
+    assert float(samples["blockcache_store_capacity_bytes"]) == 64 * BS
+    assert float(samples["blockcache_store_bytes"]) == 10
+
+
+@pytest.mark.asyncio
+async def test_readyz_reports_failed_disk(node: Node) -> None:
+    node.node.store.failed = "write failed: EIO"
+    async with node.http.get(node.base + "/readyz") as resp:
+        assert resp.status == 503
+        assert "EIO" in await resp.text()
+
+
+@pytest.mark.asyncio
+async def test_reader_gone_before_headers_leaks_no_fd(node: Node) -> None:
+    data = blob(4 * BS)
+    node.put("m", data)
+    assert (await get(node, "/bkt/m"))[2] == data  # every block on disk
+    node.origin.delay_s = 0.05  # a slow HEAD holds the request before its headers go out
+    fds = len(os.listdir("/proc/self/fd"))
+    for i in range(5):
+        node.node.service.invalidate("bkt", "m")
+        heads = node.origin.heads[("bkt", "m")]
+        _, writer = await asyncio.open_connection("127.0.0.1", node.node.http_port)
+        writer.write(b"GET /bkt/m HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(2):
+            while node.origin.heads[("bkt", "m")] == heads:
+                await asyncio.sleep(0.001)
+        writer.transport.abort()  # gone while the node is still stat-ing the object
+        async with asyncio.timeout(2):  # the handler finishes (and fails) on its own
+            while node.metric("blockcache_requests_total", api="http", status="500") <= i:
+                await asyncio.sleep(0.005)
+    await asyncio.sleep(0.01)
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+@pytest.mark.asyncio
+async def test_object_changed_after_headers_cuts_the_body(tmp_path: Path) -> None:
+    cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     readahead_blocks=0)
+    origin = FakeOrigin()
+    old = blob(3 * BS, seed=1)
+    origin.put("bkt", "m", old)
+    async with CacheNode(cfg, origin=origin) as n, aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{n.http_port}/bkt/m"
+        async with http.get(url, headers={"Range": f"bytes=0-{BS - 1}"}) as resp:
+            assert await resp.read() == old[:BS]  # block 0 and the metadata cached
+        origin.put("bkt", "m", blob(3 * BS, seed=2))
+        async with http.get(url) as resp:
+            assert resp.status == 200  # headers went out with block 0 of the old version
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+        async with http.get(url) as resp:  # the next request sees the new version whole
+            assert resp.status == 200 and await resp.read() == blob(3 * BS, seed=2)
+
+
+@pytest.mark.asyncio
+async def test_overloaded_503(tmp_path: Path) -> None:
+    cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     max_waiting_fills=1, readahead_blocks=0)
+    origin = FakeOrigin()
+    origin.put("bkt", "a", blob(BS))
+    origin.put("bkt", "b", blob(BS))
+    async with CacheNode(cfg, origin=origin) as n, aiohttp.ClientSession() as http:
+        base = f"http://127.0.0.1:{n.http_port}/bkt/"
+        await n.service.stat("bkt", "a")
+        await n.service.stat("bkt", "b")
+        origin.delay_s = 0.2
+        slow = asyncio.create_task(http.get(base + "a"))
+        async with asyncio.timeout(2):
+            while not origin.gets:
+                await asyncio.sleep(0.001)
+        async with http.get(base + "b") as resp:
+            assert resp.status == 503
+            assert resp.headers["Retry-After"] == "1"
+            assert (await resp.json())["error"] == "Overloaded"
+        async with await slow as resp:
+            assert resp.status == 200 and await resp.read() == blob(BS)
+
+
+@pytest.mark.asyncio
+async def test_failed_start_releases_everything(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
+                         http_addr=("127.0.0.1", port), grpc_addr=("127.0.0.1", 0))
+        fds = len(os.listdir("/proc/self/fd"))
+        with pytest.raises(OSError):
+            async with CacheNode(cfg, origin=FakeOrigin()):
+                pass
+        assert len(os.listdir("/proc/self/fd")) == fds
+    # The index lock was released: the same data dir opens again.
+    cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0))
+    async with CacheNode(cfg, origin=FakeOrigin()) as n:
+        assert n.http_port and n.grpc_port
+        assert n.readiness() is None
+    assert n.readiness() is not None
