@@ -94,7 +94,9 @@ class NodeConfig:
     origin_read_timeout_s: float = field(default=20.0, metadata=_opt(
         "--origin-read-timeout", "socket read timeout on origin responses", parse_duration))
     origin_max_attempts: int = field(default=3, metadata=_opt(
-        "--origin-max-attempts", "attempts per origin call (retries on 5xx, throttling)", int))
+        "--origin-max-attempts", "attempts per origin call: 5xx, throttling and timeouts are "
+        "retried with backoff; a refused connection is not, and fails misses at once for 1s",
+        int))
     readahead_blocks: int = field(default=4, metadata=_opt(
         "--readahead", "blocks fetched ahead of the one being sent, per response", int))
     fsync: bool = field(default=False, metadata=_opt(

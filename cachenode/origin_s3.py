@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Awaitable, Callable, TypeVar
 
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError,
+                                 EndpointConnectionError)
 
 from cachenode.blocks import ObjectMeta
 from cachenode.config import NodeConfig
@@ -20,7 +22,20 @@ from cachenode.errors import (CacheError, ObjectChanged, OriginDenied, OriginNot
 from cachenode.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SLOW_FETCH_S = 2.0
+DOWN_HOLD_S = 1.0  # after a connection failure, misses fail at once for this long
+RETRY_BASE_S = 0.1  # backoff before retry n is RETRY_BASE_S * 2**n, jittered
+RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
+                   "ServiceUnavailable", "InternalError", "RequestTimeTooSkewed"}
+
+
+class _Retryable(Exception):
+    """Wraps an origin error worth another attempt (5xx, throttling, read timeout)."""
+
+    def __init__(self, err: CacheError) -> None:
+        super().__init__(str(err))
+        self.err = err
 
 
 class S3Origin:
@@ -30,13 +45,15 @@ class S3Origin:
         self._config, self._metrics = config, metrics
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._down_until = 0.0  # monotonic time until which the origin counts as unreachable
+        self._down_reason = ""
 
     async def start(self) -> None:
         """Create the S3 client (credentials from the usual AWS sources)."""
         c = self._config
         cfg = AioConfig(
             connect_timeout=c.origin_connect_timeout_s, read_timeout=c.origin_read_timeout_s,
-            retries={"max_attempts": c.origin_max_attempts, "mode": "standard"},
+            retries={"total_max_attempts": 1},  # retries are ours: see _call
             max_pool_connections=c.max_concurrent_fills + 16,
             s3={"addressing_style": "path"},
         )
@@ -51,37 +68,65 @@ class S3Origin:
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
         """Return the size, ETag and modification time of an object."""
-        self._metrics.origin_requests.labels("head").inc()
-        try:
+
+        async def once() -> ObjectMeta:
             r = await self._client.head_object(Bucket=bucket, Key=key)
-        except Exception as e:
-            raise self._error("head", bucket, key, e) from e
-        lm = r.get("LastModified")
-        return ObjectMeta(bucket, key, int(r["ContentLength"]), r["ETag"],
-                          lm.timestamp() if lm else 0.0)
+            lm = r.get("LastModified")
+            return ObjectMeta(bucket, key, int(r["ContentLength"]), r["ETag"],
+                              lm.timestamp() if lm else 0.0)
+
+        return await self._call("head", bucket, key, "", once)
 
     async def get_range(self, meta: ObjectMeta, start: int, length: int) -> bytes:
         """Return `length` bytes at `start` of the pinned object version (If-Match)."""
-        self._metrics.origin_requests.labels("get").inc()
-        t0 = time.monotonic()
-        try:
+
+        async def once() -> bytes:
             r = await self._client.get_object(
                 Bucket=meta.bucket, Key=meta.key, IfMatch=meta.etag,
                 Range=f"bytes={start}-{start + length - 1}")
             async with r["Body"] as body:
                 data: bytes = await body.read()
-        except Exception as e:
-            raise self._error("get", meta.bucket, meta.key, e, meta.etag) from e
+            if len(data) != length:
+                self._metrics.origin_errors.labels("get", "short_read").inc()
+                raise _Retryable(OriginUnavailable(
+                    meta.bucket, meta.key, f"short read: {len(data)} of {length} bytes at {start}"))
+            return data
+
+        t0 = time.monotonic()
+        data = await self._call("get", meta.bucket, meta.key, meta.etag, once)
         elapsed = time.monotonic() - t0
         if elapsed > SLOW_FETCH_S:
             log.warning("slow origin GET s3://%s/%s bytes=%d-%d: %.2fs", meta.bucket, meta.key,
                         start, start + length - 1, elapsed)
-        if len(data) != length:
-            self._metrics.origin_errors.labels("get", "short_read").inc()
-            raise OriginUnavailable(meta.bucket, meta.key,
-                                    f"short read: got {len(data)} of {length} bytes at {start}")
         self._metrics.origin_bytes.inc(length)
         return data
+
+    async def _call(self, op: str, bucket: str, key: str, etag: str,
+                    once: Callable[[], Awaitable[T]]) -> T:
+        """Run one origin call with bounded retries; fail at once while the origin is down."""
+        attempts = self._config.origin_max_attempts
+        for attempt in range(attempts):
+            wait = self._down_until - time.monotonic()
+            if wait > 0:
+                raise OriginUnavailable(bucket, key, f"origin unreachable ({self._down_reason}); "
+                                        f"next try in {wait:.1f}s")
+            self._metrics.origin_requests.labels(op).inc()
+            try:
+                return await once()
+            except _Retryable as r:
+                err = r.err
+            except Exception as e:
+                if isinstance(e, (EndpointConnectionError, ConnectTimeoutError,
+                                  aiohttp.ClientConnectorError, ConnectionRefusedError)):
+                    self._down_until = time.monotonic() + DOWN_HOLD_S
+                    self._down_reason = str(e)
+                    raise self._error(op, bucket, key, e, etag) from e
+                err = self._error(op, bucket, key, e, etag)
+                if not _retryable(e):
+                    raise err from e
+            if attempt + 1 < attempts:
+                await asyncio.sleep(RETRY_BASE_S * 2**attempt * (0.5 + random.random()))
+        raise err
 
     def _error(self, op: str, bucket: str, key: str, e: Exception,
                etag: str = "") -> CacheError:
@@ -106,7 +151,16 @@ class S3Origin:
             kind = type(e).__name__
         else:
             raise e
-        if not isinstance(err, OriginNotFound):
+        if not isinstance(err, (OriginNotFound, ObjectChanged)):
             log.warning("origin %s s3://%s/%s failed: %s", op, bucket, key, err)
         self._metrics.origin_errors.labels(op, kind).inc()
         return err
+
+
+def _retryable(e: Exception) -> bool:
+    """Return whether an origin failure may succeed if tried again soon."""
+    if isinstance(e, ClientError):
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = str(e.response.get("Error", {}).get("Code", ""))
+        return status >= 500 or status == 429 or code in RETRYABLE_CODES
+    return isinstance(e, (BotoCoreError, aiohttp.ClientError, OSError, asyncio.TimeoutError))

@@ -45,6 +45,7 @@ class CountingProxy:
         self._thread.start()
         self._runner: web.AppRunner | None = None  # touched only on _loop
         self._session: aiohttp.ClientSession | None = None  # touched only on _loop
+        self._failures: list[tuple[int, str]] = []  # injected answers, guarded by _lock
 
     @property
     def endpoint_url(self) -> str:
@@ -125,9 +126,20 @@ class CountingProxy:
             if request.method == "GET" and "Range" in request.headers:
                 self._counts.range_gets[(request.path, request.headers["Range"])] += 1
 
+    def fail_next(self, n: int, status: int = 503, code: str = "SlowDown") -> None:
+        """Answer the next `n` requests with an S3 error instead of forwarding them."""
+        with self._lock:
+            self._failures.extend([(status, code)] * n)
+
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """Send the request on unchanged (raw path, query, Host, Authorization); stream back."""
         self._count(request)
+        with self._lock:
+            failure = self._failures.pop(0) if self._failures else None
+        if failure is not None:
+            xml = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{failure[1]}</Code>"
+                   f"<Message>injected by CountingProxy</Message></Error>")
+            return web.Response(status=failure[0], text=xml, content_type="application/xml")
         assert self._session is not None
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         url = URL(self.upstream + request.raw_path, encoded=True)
