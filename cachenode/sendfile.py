@@ -218,7 +218,6 @@ class SocketSender:
         return done
 
 
-ResponseSender = SocketSender  # the name cachenode/http_api.py imports
 
 
 async def sendfile(request: web.BaseRequest, resp: web.StreamResponse,
