@@ -28,10 +28,21 @@ class Filler:
         self._config, self._origin, self._store, self._metrics = config, origin, store, metrics
         self._flight: SingleFlight[bytes] = SingleFlight()
         self._limit = asyncio.Semaphore(config.max_concurrent_fills)  # origin GETs in flight
+        # A fill holds a slot from before its GET until its block is on disk, so blocks
+        # fetched but not yet written stay bounded (write-behind memory).
+        self._slots = asyncio.Semaphore(2 * config.max_concurrent_fills)
+        self._landed: dict[str, bytes] = {}  # fetched, being written; guarded by the loop
+        self._writes: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
-        """Cancel the fills in flight."""
+        """Cancel the fills in flight and let the blocks already fetched reach the disk."""
         await self._flight.close()
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Wait until every block fetched so far is written (or failed to be)."""
+        while self._writes:
+            await asyncio.gather(*list(self._writes), return_exceptions=True)
 
     async def read_block(self, ref: BlockRef) -> OpenBlock | bytes:
         """Return the block as an open file (hit; caller closes it) or as bytes (miss)."""
@@ -41,6 +52,10 @@ class Filler:
             self._metrics.hits.inc()
             return ob
         self._metrics.misses.inc()
+        landed = self._landed.get(bid)
+        if landed is not None:  # fetched a moment ago; its write is still under way
+            self._metrics.fills_deduped.inc()
+            return landed
         if not self._flight.running(bid) and len(self._flight) >= self._config.max_waiting_fills:
             raise Overloaded(f"{len(self._flight)} block fills already queued")
         try:
@@ -88,6 +103,21 @@ class Filler:
                 return data
             self._store.delete(ref.block_id)  # corrupt: fill it again below
         self._metrics.fills_in_flight.set(len(self._flight))
+        await self._slots.acquire()
+        try:
+            data = await self._fetch(ref)
+        except BaseException:
+            self._slots.release()
+            raise
+        # Readers get the bytes now; the disk write finishes behind them. Until it does,
+        # read_block finds the block in _landed, so no second fill can start.
+        self._landed[ref.block_id] = data
+        task = asyncio.ensure_future(self._write_behind(ref, data))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return data
+
+    async def _fetch(self, ref: BlockRef) -> bytes:
         async with self._limit:
             self._metrics.fills.inc()
             t0 = time.monotonic()
@@ -101,8 +131,15 @@ class Filler:
             self._metrics.fill_seconds.observe(time.monotonic() - t0)
         if len(data) != ref.length:
             raise OriginUnavailable(ref.obj.bucket, ref.obj.key, "origin returned a short block")
+        return data
+
+    async def _write_behind(self, ref: BlockRef, data: bytes) -> None:
         try:
             await self._store.put(ref, data)
         except (StoreFull, DiskUnavailable) as e:
             log.warning("serving block %s uncached: %s", ref.block_id, e)
-        return data
+        except Exception:
+            log.exception("writing block %s failed", ref.block_id)
+        finally:
+            self._landed.pop(ref.block_id, None)
+            self._slots.release()

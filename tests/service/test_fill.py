@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -98,6 +99,7 @@ async def test_thundering_herd_causes_one_origin_get(make_env: Callable[..., Env
     assert env.m("blockcache_singleflight_joins_total") == 63
     assert env.m("blockcache_block_misses_total") == 64
     assert env.m("blockcache_fills_in_flight") == 0
+    await env.filler.flush()  # the write-behind lands
     hit = await env.filler.read_block(ref)  # now a disk hit
     assert isinstance(hit, OpenBlock) and hit.source == "disk"
     assert as_bytes(hit) == data[BS:2 * BS]
@@ -120,6 +122,7 @@ async def test_cancelled_reader_does_not_fail_others(make_env: Callable[..., Env
     assert first.cancelled()
     assert [as_bytes(r) for r in results] == [data] * 5
     assert env.origin.gets == {("bkt", "m", 0): 1}
+    await env.filler.flush()
     hit = await env.filler.read_block(ref)  # the block was stored despite the cancel
     assert isinstance(hit, OpenBlock) and as_bytes(hit) == data
     assert env.origin.gets == {("bkt", "m", 0): 1}
@@ -224,10 +227,12 @@ async def test_corrupt_hit_is_refilled(make_env: Callable[..., Env]) -> None:
     meta, data = await env.object("m", BS)
     ref = BlockRef(meta, 0, BS)
     assert await env.filler.read_block_bytes(ref) == data
+    await env.filler.flush()
     path = env.store.root / "blocks" / ref.block_id[:2] / ref.block_id[2:4] / ref.block_id
     flip_byte(path, 100)  # same size: only the crc can tell
     fds = len(os.listdir("/proc/self/fd"))
     assert await env.filler.read_block_bytes(ref) == data
+    await env.filler.flush()
     assert len(os.listdir("/proc/self/fd")) == fds
     assert env.m("blockcache_corrupt_blocks_total") == 1
     assert env.origin.gets == {("bkt", "m", 0): 2}
@@ -262,3 +267,25 @@ async def test_close_cancels_fills(make_env: Callable[..., Env]) -> None:
     await asyncio.wait_for(env.filler.close(), 1.0)
     with pytest.raises(asyncio.CancelledError):
         await reader
+
+
+@pytest.mark.asyncio
+async def test_reader_during_write_behind_needs_no_second_fill(
+        make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch) -> None:
+    env = make_env()
+    meta, data = await env.object("m", BS)
+    ref = BlockRef(meta, 0, BS)
+    slow_write = env.store._write_file
+
+    def write_slowly(*args: object) -> int:
+        time.sleep(0.2)  # a slow disk: the bytes are served long before they are stored
+        return slow_write(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(env.store, "_write_file", write_slowly)
+    assert as_bytes(await env.filler.read_block(ref)) == data
+    assert env.store.open_block(ref.block_id) is None  # not on disk yet
+    assert as_bytes(await env.filler.read_block(ref)) == data  # served from the landed bytes
+    assert env.origin.gets == {("bkt", "m", 0): 1}
+    await env.filler.flush()
+    hit = env.store.open_block(ref.block_id)
+    assert hit is not None and as_bytes(hit) == data

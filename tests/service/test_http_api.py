@@ -88,6 +88,7 @@ async def test_full_get_and_headers(node: Node) -> None:
     assert headers["Content-Length"] == str(len(data))
     assert email.utils.parsedate_to_datetime(headers["Last-Modified"]).timestamp() == LAST_MODIFIED
     assert "Content-Range" not in headers
+    await node.node.filler.flush()
     status, headers, body = await get(node, "/bkt/model.bin")  # warm: sent from disk
     assert status == 200 and body == data
     assert sum(node.origin.gets.values()) == 4
@@ -344,6 +345,7 @@ async def test_health_ready_metrics(node: Node) -> None:
         assert resp.status == 200 and (await resp.text()).strip() == "ready"
     node.put("m", blob(10))
     await get(node, "/bkt/m")
+    await node.node.filler.flush()  # the block reaches the disk behind the first reader
     await get(node, "/bkt/m")
     await get(node, "/bkt/nope")
     async with node.http.get(node.base + "/metrics") as resp:

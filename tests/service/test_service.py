@@ -82,6 +82,7 @@ class Env:
         async with asyncio.timeout(2):
             while len(self.filler._flight):
                 await asyncio.sleep(0.005)
+            await self.filler.flush()  # write-behinds reach the disk
         await settle()
 
     async def close(self) -> None:
@@ -253,6 +254,7 @@ async def test_cancel_as_block_arrives_leaks_no_fd(make_env: Callable[..., Env])
         if isinstance(got, FileChunk):
             got.close()
     await gen.aclose()
+    await env.filler.flush()
     await settle()
     assert open_fds() == fds
     assert other_tasks() == tasks
@@ -280,6 +282,7 @@ async def test_object_changed_mid_stream(make_env: Callable[..., Env]) -> None:
     data = env.put("m", 2 * BS)
     old = await env.service.stat("bkt", "m")
     assert await env.read(old, 0, BS - 1) == data[:BS]  # block 0 cached
+    await env.filler.flush()
     env.put("m", 2 * BS, seed=9)
     got = bytearray()
     with pytest.raises(ObjectChanged):
