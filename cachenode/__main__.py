@@ -14,7 +14,6 @@ import uvloop
 from cachenode.config import ConfigError, NodeConfig
 from cachenode.node import CacheNode
 
-
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 MALLOC_KEEP_BYTES = 256 * 2**20
 

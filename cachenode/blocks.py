@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
 

@@ -1,13 +1,14 @@
-"""Node configuration: one frozen dataclass, parsed from flags with env fallbacks, validated once."""
+"""Node configuration: one frozen dataclass from flags with env fallbacks, validated once."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 ENV_PREFIX = "CACHENODE_"
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -125,7 +126,7 @@ class NodeConfig:
 
     @classmethod
     def from_args(cls, argv: Sequence[str] | None = None,
-                  env: Mapping[str, str] | None = None) -> "NodeConfig":
+                  env: Mapping[str, str] | None = None) -> NodeConfig:
         """Return the config from flags, then CACHENODE_* / AWS_* env, then defaults."""
         env = os.environ if env is None else env
         ns = build_parser().parse_args(argv)

@@ -10,8 +10,13 @@ import zlib
 
 from cachenode.blocks import BlockRef
 from cachenode.config import NodeConfig
-from cachenode.errors import (DiskUnavailable, OriginTimeout, OriginUnavailable, Overloaded,
-                              StoreFull)
+from cachenode.errors import (
+    DiskUnavailable,
+    OriginTimeout,
+    OriginUnavailable,
+    Overloaded,
+    StoreFull,
+)
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import BlockStore, Origin
 from cachenode.singleflight import SingleFlight

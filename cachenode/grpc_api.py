@@ -5,15 +5,26 @@ from __future__ import annotations
 import asyncio
 import os
 import zlib
+from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import AsyncIterator
 
 import grpc
 
 from cachenode.blocks import BlockRef, ObjectMeta, block_count
-from cachenode.errors import (BadRequest, CacheError, DiskUnavailable, MalformedRange,
-                              ObjectChanged, OriginDenied, OriginNotFound, OriginTimeout,
-                              OriginUnavailable, Overloaded, RangeNotSatisfiable, StoreFull)
+from cachenode.errors import (
+    BadRequest,
+    CacheError,
+    DiskUnavailable,
+    MalformedRange,
+    ObjectChanged,
+    OriginDenied,
+    OriginNotFound,
+    OriginTimeout,
+    OriginUnavailable,
+    Overloaded,
+    RangeNotSatisfiable,
+    StoreFull,
+)
 from cachenode.metrics import NodeMetrics
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc

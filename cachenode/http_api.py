@@ -7,16 +7,27 @@ import json
 import logging
 import time
 import urllib.parse
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachenode.blocks import ObjectMeta
-from cachenode.errors import (BadRequest, CacheError, DiskUnavailable, MalformedRange,
-                              ObjectChanged, OriginDenied, OriginNotFound, OriginTimeout,
-                              OriginUnavailable, Overloaded, RangeNotSatisfiable, StoreFull)
+from cachenode.errors import (
+    BadRequest,
+    CacheError,
+    DiskUnavailable,
+    MalformedRange,
+    ObjectChanged,
+    OriginDenied,
+    OriginNotFound,
+    OriginTimeout,
+    OriginUnavailable,
+    Overloaded,
+    RangeNotSatisfiable,
+    StoreFull,
+)
 from cachenode.metrics import NodeMetrics
 from cachenode.ranges import Span, parse_range
 from cachenode.sendfile import SocketSender

@@ -39,7 +39,7 @@ class CacheNode:
         self.grpc_port = 0
         self._serving = False
 
-    async def __aenter__(self) -> "CacheNode":
+    async def __aenter__(self) -> CacheNode:
         await self.start()
         return self
 

@@ -6,19 +6,29 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import (BotoCoreError, ClientError, ConnectTimeoutError,
-                                 EndpointConnectionError)
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+)
 
 from cachenode.blocks import ObjectMeta
 from cachenode.config import NodeConfig
-from cachenode.errors import (CacheError, ObjectChanged, OriginDenied, OriginNotFound,
-                              OriginUnavailable)
+from cachenode.errors import (
+    CacheError,
+    ObjectChanged,
+    OriginDenied,
+    OriginNotFound,
+    OriginUnavailable,
+)
 from cachenode.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import AsyncGenerator
 
 from cachenode import blocks
 from cachenode.blocks import BlockSlice, ObjectMeta

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from tests.servers import free_port
 
@@ -30,7 +30,7 @@ class NodeProcess:
         """Return the node's HTTP base URL."""
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout_s: float = 30.0) -> "NodeProcess":
+    def start(self, timeout_s: float = 30.0) -> NodeProcess:
         """Start the process and wait until /readyz answers 200."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
