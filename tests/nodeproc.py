@@ -50,7 +50,8 @@ class NodeProcess:
             except OSError:
                 pass
             time.sleep(0.05)
-        raise RuntimeError(f"cachenode not ready in {timeout_s}s: {self.log_path.read_text()[-2000:]}")
+        tail = self.log_path.read_text()[-2000:]
+        raise RuntimeError(f"cachenode not ready in {timeout_s}s: {tail}")
 
     def get(self, path: str, headers: Mapping[str, str] | None = None,
             method: str = "GET", timeout_s: float = 60.0) -> tuple[int, dict[str, str], bytes]:

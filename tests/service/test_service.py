@@ -378,7 +378,8 @@ def test_validate_name_accepts(bucket: str, key: str) -> None:
     [("ab", "k", "bucket"), ("a" * 64, "k", "bucket"), ("bk t", "k", "bucket"),
      ("bkt/x", "k", "bucket"), ("bküt", "k", "bucket"), ("bkt", "", "missing"),
      ("bkt", "..", "'..'"), ("bkt", "a/../b", "'..'"), ("bkt", "a/./b", "'.'"),
-     ("bkt", "a/..", "'..'"), ("bkt", "a\x00b", "NUL"), ("bkt", "k" * (MAX_KEY_BYTES + 1), "longer"),
+     ("bkt", "a/..", "'..'"), ("bkt", "a\x00b", "NUL"),
+     ("bkt", "k" * (MAX_KEY_BYTES + 1), "longer"),
      ("bkt", "é" * 513, "longer")],
 )
 def test_validate_name_rejects(bucket: str, key: str, reason: str) -> None:
