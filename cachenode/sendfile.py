@@ -95,9 +95,18 @@ class SocketSender:
             sock.close()
 
     async def send_bytes(self, data: bytes | bytearray | memoryview) -> None:
-        """Write `data` through aiohttp's own writer, after any earlier spans."""
-        if not self._empty_body:
-            await self._resp.write(data)
+        """Write `data` through aiohttp's own writer, after any earlier spans.
+
+        Large buffers go out in slices of at most the per-call cap, each drained before the
+        next, so many readers of one freshly filled block share the loop fairly and no
+        transport buffers more than one slice.
+        """
+        if self._empty_body:
+            return
+        view = memoryview(data)
+        step = self._max_chunk
+        for i in range(0, len(view), step):
+            await self._resp.write(view[i:i + step])  # drains above aiohttp's 64 KiB limit
 
     async def send_file(self, fd: int, offset: int, count: int) -> int:
         """Send `count` bytes of `fd` from `offset`; return `count` or raise.
