@@ -6,12 +6,14 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import resource
 import signal
 import sys
 
 import uvloop
 
 from cachenode.config import ConfigError, NodeConfig
+from cachenode.errors import CacheError
 from cachenode.node import CacheNode
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -36,6 +38,13 @@ def tune_malloc() -> None:
         pass  # not glibc: keep its defaults
 
 
+def raise_fd_limit() -> None:
+    """Raise the soft open-files limit to the hard one: each response holds a few fds."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def serve(config: NodeConfig) -> None:
     """Run a node until a termination signal arrives, then shut it down gracefully."""
     stop = asyncio.Event()
@@ -55,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cachenode: invalid configuration: {e}", file=sys.stderr)
         return 2
     tune_malloc()
+    raise_fd_limit()
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         uvloop.run(serve(config))
-    except OSError as e:
+    except (OSError, CacheError) as e:
         print(f"cachenode: cannot start: {e}", file=sys.stderr)
         return 1
     return 0

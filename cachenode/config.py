@@ -81,8 +81,9 @@ class NodeConfig:
         "an overwrite is seen at most this late", parse_duration))
     origin_endpoint_url: str = field(default="", metadata=_opt(
         "--origin-endpoint", "S3 endpoint URL of the origin; empty = AWS", str, "AWS_ENDPOINT_URL"))
-    origin_region: str = field(default="us-east-1", metadata=_opt(
-        "--origin-region", "S3 region of the origin", str, "AWS_REGION"))
+    origin_region: str = field(default="", metadata=_opt(
+        "--origin-region", "S3 region of the origin; empty = botocore's default chain "
+        "(AWS_DEFAULT_REGION, profile)", str, "AWS_REGION"))
     max_concurrent_fills: int = field(default=16, metadata=_opt(
         "--max-concurrent-fills", "origin GETs in flight at once", int))
     max_waiting_fills: int = field(default=4096, metadata=_opt(
@@ -92,8 +93,9 @@ class NodeConfig:
         parse_duration))
     origin_connect_timeout_s: float = field(default=3.0, metadata=_opt(
         "--origin-connect-timeout", "TCP connect timeout to the origin", parse_duration))
-    origin_read_timeout_s: float = field(default=20.0, metadata=_opt(
-        "--origin-read-timeout", "socket read timeout on origin responses", parse_duration))
+    origin_read_timeout_s: float = field(default=10.0, metadata=_opt(
+        "--origin-read-timeout", "socket read timeout on origin responses; an origin that "
+        "stays silent this long counts as down for 1s", parse_duration))
     origin_max_attempts: int = field(default=3, metadata=_opt(
         "--origin-max-attempts", "attempts per origin call: 5xx, throttling and timeouts are "
         "retried with backoff; a refused connection is not, and fails misses at once for 1s",
@@ -117,10 +119,12 @@ class NodeConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= self.readahead_blocks <= 64:
             raise ConfigError("--readahead must be between 0 and 64")
-        for name in ("metadata_ttl_s", "fill_timeout_s", "origin_connect_timeout_s",
-                     "origin_read_timeout_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must not be negative")
+        if self.metadata_ttl_s < 0:
+            raise ConfigError("--metadata-ttl must not be negative")
+        for name in ("fill_timeout_s", "origin_connect_timeout_s", "origin_read_timeout_s"):
+            if getattr(self, name) <= 0:
+                flag = "--" + name.removesuffix("_s").replace("_", "-")
+                raise ConfigError(f"{flag} must be more than 0")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"--log-level {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 

@@ -49,10 +49,14 @@ class Filler:
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
+    def stored(self, ref: BlockRef) -> OpenBlock | None:
+        """Return the block's file if it is on disk now, else None."""
+        return self._store.open_block(ref.block_id, ref.length)
+
     async def read_block(self, ref: BlockRef) -> OpenBlock | bytes:
         """Return the block as an open file (hit; caller closes it) or as bytes (miss)."""
         bid = ref.block_id
-        ob = self._store.open_block(bid)
+        ob = self._store.open_block(bid, ref.length)
         if ob is not None:
             self._metrics.hits.inc()
             return ob
@@ -70,7 +74,7 @@ class Filler:
         if shared:
             self._metrics.fills_deduped.inc()
         # Send the stored file rather than hold the bytes: a slow reader then pins no memory.
-        ob = self._store.open_block(bid)
+        ob = self._store.open_block(bid, ref.length)
         if ob is None:
             return data
         ob.source = "origin"
@@ -101,19 +105,25 @@ class Filler:
         return None
 
     async def _fill(self, ref: BlockRef) -> bytes:
-        ob = self._store.open_block(ref.block_id)  # filled while we queued for the flight
+        ob = self._store.open_block(ref.block_id, ref.length)  # filled while we queued?
         if ob is not None:
             data = await self._read_checked(ob)
             if data is not None:
                 return data
             self._store.delete(ref.block_id)  # corrupt: fill it again below
         self._metrics.fills_in_flight.set(len(self._flight))
-        await self._slots.acquire()
         try:
-            data = await self._fetch(ref)
-        except BaseException:
-            self._slots.release()
-            raise
+            async with asyncio.timeout(self._config.fill_timeout_s):  # queueing included
+                await self._slots.acquire()
+                try:
+                    data = await self._fetch(ref)
+                except BaseException:
+                    self._slots.release()
+                    raise
+        except TimeoutError:
+            raise OriginTimeout(ref.obj.bucket, ref.obj.key,
+                                f"block {ref.index} not filled within "
+                                f"{self._config.fill_timeout_s:g}s") from None
         # Readers get the bytes now; the disk write finishes behind them. Until it does,
         # read_block finds the block in _landed, so no second fill can start.
         self._landed[ref.block_id] = data
@@ -126,13 +136,7 @@ class Filler:
         async with self._limit:
             self._metrics.fills.inc()
             t0 = time.monotonic()
-            try:
-                async with asyncio.timeout(self._config.fill_timeout_s):
-                    data = await self._origin.get_range(ref.obj, ref.start, ref.length)
-            except TimeoutError:
-                raise OriginTimeout(ref.obj.bucket, ref.obj.key,
-                                    f"block {ref.index} not filled within "
-                                    f"{self._config.fill_timeout_s:g}s") from None
+            data = await self._origin.get_range(ref.obj, ref.start, ref.length)
             self._metrics.fill_seconds.observe(time.monotonic() - t0)
         if len(data) != ref.length:
             raise OriginUnavailable(ref.obj.bucket, ref.obj.key, "origin returned a short block")

@@ -28,7 +28,7 @@ from cachenode.errors import (
 from cachenode.metrics import NodeMetrics
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
-from cachenode.service import BlockService, FileChunk, validate_name
+from cachenode.service import BlockService, FileChunk
 
 CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
 GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
@@ -78,12 +78,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadRange(self, request: pb.ReadRangeRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            meta = await self._service.stat(request.bucket, request.key)
-            if request.etag and request.etag != meta.etag:
-                self._service.invalidate(request.bucket, request.key)  # ours may be the stale one
-                meta = await self._service.stat(request.bucket, request.key)
-                if request.etag != meta.etag:
-                    raise ObjectChanged(request.bucket, request.key, request.etag)
+            meta = await self._pinned(request.bucket, request.key, request.etag)
             start = request.offset
             end = meta.size - 1 if request.length < 0 else start + request.length - 1
             end = min(end, meta.size - 1)
@@ -106,8 +101,10 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadBlock(self, request: pb.ReadBlockRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            meta = ObjectMeta(request.bucket, request.key, request.object_size, request.etag)
-            validate_name(meta.bucket, meta.key)
+            meta = await self._pinned(request.bucket, request.key, request.etag)
+            if request.object_size != meta.size:  # the block id does not cover the size
+                raise BadRequest(f"object_size {request.object_size} does not match the "
+                                 f"{meta.size} bytes of s3://{meta.bucket}/{meta.key}")
             if request.index >= block_count(meta.size, self._block_size):
                 raise RangeNotSatisfiable(f"block {request.index}", meta.size)
             ref = BlockRef(meta, request.index, self._block_size)
@@ -116,10 +113,19 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
             for i in range(0, len(data), CHUNK_BYTES):
                 yield pb.Chunk(data=data[i:i + CHUNK_BYTES], offset=ref.start + i,
                                block_crc32=crc if i == 0 else 0)
-            self._metrics.bytes_served.labels("grpc").inc(len(data))
         except CacheError as e:
             await self._abort(context, "ReadBlock", e)
         self._metrics.requests.labels("grpc", "OK").inc()
+
+    async def _pinned(self, bucket: str, key: str, etag: str) -> ObjectMeta:
+        """Return the object's metadata, checking that it still has `etag` (if given)."""
+        meta = await self._service.stat(bucket, key)
+        if etag and etag != meta.etag:
+            self._service.invalidate(bucket, key)  # ours may be the stale one
+            meta = await self._service.stat(bucket, key)
+            if etag != meta.etag:
+                raise ObjectChanged(bucket, key, etag)
+        return meta
 
     async def _abort(self, context: grpc.aio.ServicerContext, method: str,
                      err: CacheError) -> None:

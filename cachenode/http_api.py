@@ -43,7 +43,7 @@ HTTP_STATUS: dict[type[CacheError], int] = {
     RangeNotSatisfiable: 416,
     OriginDenied: 502,
     OriginUnavailable: 502,
-    OriginTimeout: 504,
+    OriginTimeout: 503,
     ObjectChanged: 503,
     StoreFull: 503,
     DiskUnavailable: 503,
@@ -83,19 +83,16 @@ def parse_object_path(raw_path: str) -> tuple[str, str]:
 
 
 def if_range_holds(value: str | None, meta: ObjectMeta) -> bool:
-    """Return whether an If-Range validator still matches (absent counts as matching)."""
+    """Return whether an If-Range validator still matches (absent counts as matching).
+
+    Only a strong ETag can match. A date cannot: S3's Last-Modified has one-second
+    resolution, so two versions written within a second would look the same and a reader
+    could stitch their bytes (RFC 9110 section 13.1.5 requires a strong validator).
+    """
     if value is None:
         return True
     value = value.strip()
-    if value.startswith('"'):
-        return value == meta.etag  # strong comparison; weak validators never match
-    if value.startswith("W/"):
-        return False
-    try:
-        when = email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError):
-        return False
-    return int(when) == int(meta.last_modified)
+    return value.startswith('"') and value == meta.etag
 
 
 def object_headers(meta: ObjectMeta) -> dict[str, str]:
@@ -127,8 +124,8 @@ class HttpApi:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
-        app.router.add_route("GET", "/{tail:.*}", self._object)
-        app.router.add_route("HEAD", "/{tail:.*}", self._object)
+        app.router.add_route("GET", r"/{tail:[\s\S]*}", self._object)  # keys may hold \n
+        app.router.add_route("HEAD", r"/{tail:[\s\S]*}", self._object)
         return app
 
     @web.middleware
@@ -200,9 +197,13 @@ class HttpApi:
                 resp.content_length = length
                 await resp.prepare(request)
                 sender = SocketSender(request, resp)
-            except BaseException:
+            except BaseException as e:
                 if isinstance(first, FileChunk):
                     first.close()  # the reader left before the headers; _send never runs
+                if isinstance(e, ConnectionError):
+                    log.debug("reader of s3://%s/%s left before the headers", bucket, key)
+                    _abort(request)
+                    return web.Response(status=499)  # nginx's "client closed request"
                 raise
             try:
                 await self._send(sender, first)

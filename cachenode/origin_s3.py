@@ -18,6 +18,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    ReadTimeoutError,
 )
 
 from cachenode.blocks import ObjectMeta
@@ -34,10 +35,14 @@ from cachenode.metrics import NodeMetrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SLOW_FETCH_S = 2.0
-DOWN_HOLD_S = 1.0  # after a connection failure, misses fail at once for this long
+DOWN_HOLD_S = 1.0  # after a refused or timed-out call, misses fail at once for this long
 RETRY_BASE_S = 0.1  # backoff before retry n is RETRY_BASE_S * 2**n, jittered
 RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
                    "ServiceUnavailable", "InternalError", "RequestTimeTooSkewed"}
+
+
+_DOWN = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, TimeoutError,
+         aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError, ConnectionRefusedError)
 
 
 class _Retryable(Exception):
@@ -69,7 +74,8 @@ class S3Origin:
         )
         session = get_session()
         self._client = await self._stack.enter_async_context(session.create_client(
-            "s3", endpoint_url=c.origin_endpoint_url or None, region_name=c.origin_region,
+            "s3", endpoint_url=c.origin_endpoint_url or None,
+            region_name=c.origin_region or None,
             config=cfg))
 
     async def close(self) -> None:
@@ -126,8 +132,7 @@ class S3Origin:
             except _Retryable as r:
                 err = r.err
             except Exception as e:
-                if isinstance(e, (EndpointConnectionError, ConnectTimeoutError,
-                                  aiohttp.ClientConnectorError, ConnectionRefusedError)):
+                if isinstance(e, _DOWN):  # refused, or accepted but silent: don't queue on it
                     self._down_until = time.monotonic() + DOWN_HOLD_S
                     self._down_reason = str(e)
                     raise self._error(op, bucket, key, e, etag) from e

@@ -25,8 +25,8 @@ class BlockStore(Protocol):
 
     failed: str | None
 
-    def open_block(self, block_id: str) -> OpenBlock | None:
-        """Open a committed block for reading, or return None on a miss."""
+    def open_block(self, block_id: str, expected_size: int | None = None) -> OpenBlock | None:
+        """Open a committed block of `expected_size` bytes, or return None on a miss."""
         ...
 
     async def put(self, ref: BlockRef, data: bytes) -> None:

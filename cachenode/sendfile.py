@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import time
 from types import TracebackType
 from typing import Self
 
@@ -28,6 +29,7 @@ from aiohttp.helpers import must_be_empty_body
 MAX_CHUNK_BYTES = 1024 * 1024
 _FALLBACK_CHUNK_BYTES = 256 * 1024
 _CLOSED_POLL_S = 1.0  # re-check transport.is_closing() while waiting for POLLOUT
+STALL_TIMEOUT_S = 60.0  # a reader that takes no bytes for this long is disconnected
 
 
 class FileTruncatedError(EOFError):
@@ -106,7 +108,13 @@ class SocketSender:
         view = memoryview(data)
         step = self._max_chunk
         for i in range(0, len(view), step):
-            await self._resp.write(view[i:i + step])  # drains above aiohttp's 64 KiB limit
+            try:
+                async with asyncio.timeout(STALL_TIMEOUT_S):
+                    await self._resp.write(view[i:i + step])  # drains above 64 KiB buffered
+            except TimeoutError:
+                self._abort()
+                raise ConnectionResetError(
+                    f"reader took no bytes for {STALL_TIMEOUT_S:g}s") from None
 
     async def send_file(self, fd: int, offset: int, count: int) -> int:
         """Send `count` bytes of `fd` from `offset`; return `count` or raise.
@@ -133,6 +141,7 @@ class SocketSender:
     async def _sendfile(self, fd: int, offset: int, count: int) -> int:
         await self._flush()
         w, done = self._writer, 0
+        progress = time.monotonic()
         while done < count:
             try:
                 n = os.sendfile(self._fd, fd, offset + done, min(count - done, self._max_chunk))
@@ -141,8 +150,12 @@ class SocketSender:
             except ConnectionError as e:  # EPIPE, ECONNRESET
                 raise ConnectionResetError(f"peer closed during sendfile: {e}") from e
             if n < 0:
+                if time.monotonic() - progress > STALL_TIMEOUT_S:
+                    self._abort()
+                    raise ConnectionResetError(f"reader took no bytes for {STALL_TIMEOUT_S:g}s")
                 await self._writable()
                 continue
+            progress = time.monotonic()
             if n == 0:
                 self._abort()
                 raise FileTruncatedError(fd, offset, count, done)

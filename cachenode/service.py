@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from cachenode import blocks
 from cachenode.blocks import BlockSlice, ObjectMeta
 from cachenode.config import NodeConfig
-from cachenode.errors import BadRequest, ObjectChanged, OriginUnavailable
+from cachenode.errors import BadRequest, ObjectChanged, OriginDenied, OriginUnavailable
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import Origin
@@ -22,6 +22,7 @@ from cachenode.store.disk import OpenBlock
 log = logging.getLogger(__name__)
 MAX_KEY_BYTES = 1024
 METADATA_CACHE_ENTRIES = 100_000
+STALE_RETRY_S = 1.0  # origin down: reuse the last known metadata this long before asking again
 
 
 @dataclass(slots=True)
@@ -78,10 +79,14 @@ class BlockService:
         self._metrics.metadata_lookups.labels("miss").inc()
         try:
             meta, _ = await self._heads.do((bucket, key), lambda: self._origin.head(bucket, key))
-        except OriginUnavailable:
+        except (OriginUnavailable, OriginDenied):
             if cached is None:
                 raise
-            return cached[1]  # origin down: a stale ETag still pins cached blocks (hits served)
+            # Origin down (or our credentials expired): the last known ETag still pins the
+            # cached blocks, so hits are served; ask again only after a short pause.
+            pause = min(STALE_RETRY_S, self._config.metadata_ttl_s)
+            self._meta[(bucket, key)] = (time.monotonic() + pause, cached[1])
+            return cached[1]
         self._remember(meta)
         return meta
 
@@ -120,6 +125,9 @@ class BlockService:
                     self.invalidate(meta.bucket, meta.key)
                     raise
                 pending.popleft()
+                if not isinstance(got, OpenBlock):
+                    # Filled a while ago (read-ahead)? Send the file, let the bytes go.
+                    got = self.filler.stored(s.ref) or got
                 if isinstance(got, OpenBlock):
                     yield FileChunk(got, s.offset, s.length)
                 else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import shutil
@@ -41,7 +42,8 @@ def open_object(node: str, bucket: str, key: str, method: str = "GET",
             reason = json.loads(reason)["reason"]
         except (ValueError, KeyError, TypeError):
             pass
-        raise (NotFound if e.code == 404 else ClientError)(f"{e.code}: {reason}") from None
+        kind = NotFound if e.code == 404 else Unavailable if e.code >= 500 else ClientError
+        raise kind(f"{e.code}: {reason}") from None
     except OSError as e:
         raise Unavailable(f"cannot reach {node}: {e}") from None
 
@@ -58,9 +60,14 @@ def cmd_stat(args: argparse.Namespace, out: IO[str]) -> None:
 def cmd_cat(args: argparse.Namespace, out: IO[str]) -> None:
     """Stream an object (or a byte range of it) to stdout."""
     bucket, key = split_s3_url(args.url)
-    with open_object(args.node, bucket, key, byte_range=args.range) as r:
-        shutil.copyfileobj(r, sys.stdout.buffer, 1024 * 1024)
-    sys.stdout.buffer.flush()
+    sink = getattr(out, "buffer", out)
+    try:
+        with open_object(args.node, bucket, key, byte_range=args.range) as r:
+            shutil.copyfileobj(r, sink, 1024 * 1024)
+        sink.flush()
+    except http.client.IncompleteRead as e:
+        raise Unavailable(f"the node cut the response after {len(e.partial)} more bytes "
+                          "(object changed or origin failed mid-read); retry") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     except ClientError as e:
         print(f"cachectl: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `cachectl cat ... | head`
+        return 0
     return 0
 
 

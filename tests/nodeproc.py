@@ -11,6 +11,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.servers import free_port
 
 CACHENODE = str(Path(sys.executable).parent / "cachenode")
@@ -64,11 +66,16 @@ class NodeProcess:
         finally:
             conn.close()
 
-    def metric(self, name: str) -> float:
-        """Return the sum of all samples of a metric (0 if absent)."""
+    def metric(self, name: str, **labels: str) -> float:
+        """Return the sum of a metric's samples whose labels include `labels` (0 if none).
+
+        `metric("x_total")` sums every label set; `metric("x_total", op="get")` only those
+        with `op="get"` among their labels.
+        """
         text = self.get("/metrics")[2].decode()
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name + " ") or line.startswith(name + "{"))
+        return sum(s.value for family in text_string_to_metric_families(text)
+                   for s in family.samples
+                   if s.name == name and labels.items() <= s.labels.items())
 
     def kill9(self) -> None:
         """Kill the process with SIGKILL and reap it."""

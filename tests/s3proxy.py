@@ -46,6 +46,9 @@ class CountingProxy:
         self._runner: web.AppRunner | None = None  # touched only on _loop
         self._session: aiohttp.ClientSession | None = None  # touched only on _loop
         self._failures: list[tuple[int, str]] = []  # injected answers, guarded by _lock
+        # While hanging: a future that hung requests wait on, resolved True to forward them
+        # (hang(False)) or False to drop their connections (stop()). Touched only on _loop.
+        self._hang_release: asyncio.Future[bool] | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -85,8 +88,32 @@ class CountingProxy:
         return self
 
     def stop(self) -> None:
-        """Close the listener and every connection, so new connections are refused."""
+        """Close the listener and every connection, so new connections are refused.
+
+        Also ends a hang: requests held by `hang()` lose their connections unanswered, and
+        after `start()` the proxy forwards again.
+        """
         self._call(self._stop())
+
+    def hang(self, on: bool = True) -> None:
+        """While on, accept connections and requests but never answer them.
+
+        Hung requests are counted, then held until `hang(False)`, which forwards them (late)
+        unless their client has gone away meanwhile, or until `stop()`/`close()`, which drop
+        their connections without an answer.
+        """
+        self._call(self._set_hang(on))
+
+    async def _set_hang(self, on: bool) -> None:
+        if on and self._hang_release is None:
+            self._hang_release = self._loop.create_future()
+        elif not on:
+            self._release_hung(forward=True)
+
+    def _release_hung(self, forward: bool) -> None:
+        release, self._hang_release = self._hang_release, None
+        if release is not None:
+            release.set_result(forward)
 
     def close(self) -> None:
         """Stop and end the proxy's thread and loop."""
@@ -113,6 +140,7 @@ class CountingProxy:
         self._runner = runner
 
     async def _stop(self) -> None:
+        self._release_hung(forward=False)
         runner, session, self._runner, self._session = self._runner, self._session, None, None
         if runner is not None:
             await runner.cleanup()
@@ -134,6 +162,13 @@ class CountingProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """Send the request on unchanged (raw path, query, Host, Authorization); stream back."""
         self._count(request)
+        if self._hang_release is not None:
+            forward = await asyncio.shield(self._hang_release)
+            transport = request.transport
+            if not forward or transport is None or transport.is_closing():
+                if transport is not None:
+                    transport.abort()  # no answer at all: the client sees the connection drop
+                return web.Response(status=504)  # never sent: the transport is gone
         with self._lock:
             failure = self._failures.pop(0) if self._failures else None
         if failure is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import logging
 import os
 import shutil
@@ -12,13 +14,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachenode.blocks import BlockRef
-from cachenode.errors import DiskUnavailable, StoreFull
+from cachenode.errors import CacheError, DiskUnavailable, Overloaded, StoreFull
 from cachenode.metrics import NodeMetrics
 from cachenode.store.eviction import LruPolicy
 from cachenode.store.index import BlockIndex, IndexEntry
 
 log = logging.getLogger(__name__)
 ATIME_PERSIST_S = 60.0  # persist a hit's access time at most this often per block
+RETRY_FAILED_DISK_S = 30.0  # a failed store tries the disk again after this long
+_BUSY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}  # the process, not the disk
+
+
+class DataDirInUse(CacheError):
+    """Another cachenode process already uses this data directory."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reason = f"data dir {root} is in use by another cachenode process"
 
 
 @dataclass(slots=True)
@@ -52,6 +64,8 @@ class DiskStore:
         self._reserved = 0  # bytes promised to fills in progress
         self._index: BlockIndex | None = None
         self.failed: str | None = None  # set when the disk fails; the store stops serving
+        self._failed_at = 0.0
+        self._lock_fd = -1
 
     @property
     def used_bytes(self) -> int:
@@ -66,6 +80,13 @@ class DiskStore:
     def open(self) -> None:
         """Open the index and reconcile it with the files (a crash may leave either behind)."""
         self._blocks.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise DataDirInUse(self.root) from None
         shutil.rmtree(self._tmp, ignore_errors=True)  # unfinished fills are never served
         self._tmp.mkdir(parents=True)
         self._index = BlockIndex(self.root / "index")
@@ -96,6 +117,9 @@ class DiskStore:
         if self._index is not None:
             self._index.close()
             self._index = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
 
     def _remove_strays(self, known: set[str]) -> int:
         removed = 0
@@ -113,16 +137,20 @@ class DiskStore:
         """Return the index entry of a committed block, or None."""
         return None if self._index is None else self._index.get(block_id)
 
-    def open_block(self, block_id: str) -> OpenBlock | None:
+    def open_block(self, block_id: str, expected_size: int | None = None) -> OpenBlock | None:
         """Open a committed block for reading, or return None on a miss.
 
-        A block whose file is missing or has the wrong size is dropped and is a miss.
+        A block whose file is missing or whose size differs from the index (or from
+        `expected_size`) is dropped and is a miss.
         """
-        if self.failed or block_id not in self._lru:
+        if not self._usable() or block_id not in self._lru:
             return None
         e = self.entry(block_id)
         if e is None:
             self._lru.remove(block_id)
+            return None
+        if expected_size is not None and e.size != expected_size:
+            self._drop(e, f"{e.size} bytes stored, the object says {expected_size}")
             return None
         try:
             fd = os.open(self._path(block_id), os.O_RDONLY | os.O_CLOEXEC)
@@ -130,7 +158,7 @@ class DiskStore:
             self._drop(e, "file missing")
             return None
         except OSError as err:
-            self._fail(f"open {block_id}: {err}")
+            self._os_error(f"open {block_id}", err)
             return None
         if os.fstat(fd).st_size != e.size:
             os.close(fd)
@@ -145,8 +173,8 @@ class DiskStore:
 
     async def put(self, ref: BlockRef, data: bytes) -> None:
         """Store a filled block: reserve space, write a temp file, rename, then index it."""
-        if self.failed:
-            raise DiskUnavailable(self.failed)
+        if not self._usable():
+            raise DiskUnavailable(self.failed or "")
         bid, size = ref.block_id, len(data)
         if bid in self._lru:
             return
@@ -157,8 +185,10 @@ class DiskStore:
             crc = await asyncio.get_running_loop().run_in_executor(
                 None, self._write_file, tmp, self._path(bid), data)
         except OSError as err:
-            self._fail(f"write {bid}: {err}")
-            raise DiskUnavailable(self.failed or str(err)) from err
+            if err.errno == errno.ENOSPC:
+                raise StoreFull(size, self.capacity) from err  # disk shared or mis-sized
+            self._os_error(f"write {bid}", err)
+            raise DiskUnavailable(str(err)) from err
         finally:
             self._reserved -= size
         self._index_put(IndexEntry(bid, size, crc, time.time(), ref.obj.bucket, ref.obj.key,
@@ -186,8 +216,9 @@ class DiskStore:
         self._reserved += size
 
     def _shrink_to(self, target: int) -> None:
-        for bid in self._lru.victims():
-            if self._lru.total <= target:
+        while self._lru.total > target:
+            bid = self._lru.oldest()
+            if bid is None:
                 break
             e = self.entry(bid)
             self._lru.remove(bid)
@@ -226,10 +257,25 @@ class DiskStore:
         assert self._index is not None, "store is not open"
         self._index.put(e)
 
+    def _os_error(self, what: str, err: OSError) -> None:
+        """Take the disk out of rotation, unless the process (not the disk) is short of fds."""
+        if err.errno in _BUSY:
+            raise Overloaded(f"{what}: {err}") from err
+        self._fail(f"{what}: {err}")
+
     def _fail(self, why: str) -> None:
         if not self.failed:
-            log.error("block store %s taken out of rotation: %s", self.root, why)
-        self.failed = why
+            log.error("block store %s taken out of rotation for %.0fs: %s", self.root,
+                      RETRY_FAILED_DISK_S, why)
+        self.failed, self._failed_at = why, time.monotonic()
+
+    def _usable(self) -> bool:
+        """Return whether the store serves; a failed one tries again after a while."""
+        if self.failed and time.monotonic() - self._failed_at > RETRY_FAILED_DISK_S:
+            log.warning("block store %s: trying the disk again after: %s", self.root,
+                        self.failed)
+            self.failed = None
+        return self.failed is None
 
     def _update_gauges(self) -> None:
         self._metrics.store_bytes.set(self._lru.total)

@@ -36,6 +36,10 @@ class LruPolicy:
         self.total -= size
         return size
 
+    def oldest(self) -> str | None:
+        """Return the least recently used block id, or None when empty."""
+        return next(iter(self._sizes), None)
+
     def victims(self) -> Iterator[str]:
         """Yield block ids from least to most recently used (a snapshot)."""
         yield from list(self._sizes)

@@ -93,7 +93,8 @@ def test_64_cold_readers_cause_one_origin_get_per_block(node: NodeProcess, proxy
         results = list(pool.map(lambda _: node.get("/herd/model.bin"), range(64)))
     assert all(r[0] == 200 and r[2] == body for r in results)
     assert range_gets(proxy, "herd", "model.bin") == 25
-    assert node.metric("blockcache_origin_requests_total") - 1 == 25  # + one HEAD
+    # GETs only: with a 1 s metadata TTL a slow run re-HEADs the object any number of times.
+    assert node.metric("blockcache_origin_requests_total", op="get") == 25
     assert node.metric("blockcache_fills_total") == 25
 
 

@@ -222,3 +222,15 @@ async def test_request_metrics(node: Node) -> None:
     m = node.node.metrics
     assert m.value("blockcache_requests_total", api="grpc", status="OK") == 2
     assert m.value("blockcache_requests_total", api="grpc", status="NOT_FOUND") == 1
+
+
+@pytest.mark.asyncio
+async def test_read_block_with_a_wrong_object_size_stores_nothing(node: Node) -> None:
+    # The block id covers bucket, key, ETag and index but not the size: a request that lies
+    # about the size must not plant a short block under the real id.
+    bad = pb.ReadBlockRequest(bucket="bkt", key="model.bin", etag=node.etag,
+                              object_size=BS + 10, index=1)
+    assert await code_of(node.stub.ReadBlock(bad)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert not node.origin.gets
+    chunks = await read_range(node, 0, -1)
+    assert joined(chunks, 0) == node.data

@@ -18,16 +18,13 @@ from cachenode.metrics import NodeMetrics
 from cachenode.service import MAX_KEY_BYTES, BlockService, FileChunk, validate_name
 from cachenode.store.disk import DiskStore
 from tests.fakes import FakeOrigin, down
+from tests.fdcheck import open_fds, settle_fds
 
 BS = 64 * 1024
 
 
 def blob(size: int, seed: int = 1) -> bytes:
     return bytes((seed * 7 + i * 31 + (i >> 8)) % 256 for i in range(size))
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def other_tasks() -> set[asyncio.Task[object]]:
@@ -119,13 +116,13 @@ async def test_chunks_byte_exact_cold_and_warm(make_env: Callable[..., Env]) -> 
     for start, end in RANGES:  # the first pass fills, later ones mostly hit
         assert await env.read(meta, start, end) == data[start:end + 1], (start, end)
     await env.drain_fills()
-    assert open_fds() == fds
+    await settle_fds(fds)
     assert sum(env.origin.gets.values()) == 4  # every block filled exactly once
     kinds: list[str] = []
     for start, end in RANGES:
         assert await env.read(meta, start, end, kinds) == data[start:end + 1], (start, end)
     assert set(kinds) == {"file"}  # warm reads are sendfile-able disk spans
-    assert open_fds() == fds
+    await settle_fds(fds)
     assert sum(env.origin.gets.values()) == 4
 
 
@@ -175,7 +172,7 @@ async def test_aborted_warm_read_leaves_no_fds_or_tasks(make_env: Callable[..., 
     first.close()
     await gen.aclose()
     await settle()
-    assert open_fds() == fds
+    await settle_fds(fds)
     assert other_tasks() == tasks
 
 
@@ -192,7 +189,7 @@ async def test_aborted_cold_read_leaves_no_fds_or_tasks(make_env: Callable[..., 
         first.close()
     await gen.aclose()
     await env.drain_fills()  # read-ahead fills finish (and are cached) in the background
-    assert open_fds() == fds
+    await settle_fds(fds)
     assert other_tasks() == tasks
     assert sum(env.origin.gets.values()) == 5  # 1 sent + 4 read ahead; none after the abort
     env.origin.delay_s = 0
@@ -225,7 +222,7 @@ async def test_consumer_cancelled_mid_stream_leaves_no_fds(make_env: Callable[..
         await task
     env.origin.delay_s = 0
     await env.drain_fills()
-    assert open_fds() == fds
+    await settle_fds(fds)
     assert other_tasks() == tasks
 
 
@@ -256,7 +253,7 @@ async def test_cancel_as_block_arrives_leaks_no_fd(make_env: Callable[..., Env])
     await gen.aclose()
     await env.filler.flush()
     await settle()
-    assert open_fds() == fds
+    await settle_fds(fds)
     assert other_tasks() == tasks
 
 

@@ -15,6 +15,7 @@ from cachenode.errors import DiskUnavailable, StoreFull
 from cachenode.metrics import NodeMetrics
 from cachenode.store.disk import DiskStore
 from cachenode.store.index import BlockIndex, IndexEntry
+from tests.fdcheck import open_fds, settle_fds
 
 BS = 4096
 
@@ -267,9 +268,9 @@ async def test_damaged_file_is_dropped_on_read(store: DiskStore, metrics: NodeMe
         os.truncate(path, BS // 2)
     else:
         path.write_bytes(path.read_bytes() + b"junk")
-    fds = len(os.listdir("/proc/self/fd"))
+    fds = open_fds()
     assert store.open_block(r.block_id) is None
-    assert len(os.listdir("/proc/self/fd")) == fds  # no fd leaked by the check
+    await settle_fds(fds)  # no fd leaked by the check
     assert metrics.value("blockcache_corrupt_blocks_total") == 1
     assert store.entry(r.block_id) is None
     assert not path.exists()
@@ -401,3 +402,55 @@ async def test_concurrent_puts_of_one_block(tmp_path: Path) -> None:
         assert list((tmp_path / "tmp").iterdir()) == []
     finally:
         store.close()
+
+
+@pytest.mark.asyncio
+async def test_running_out_of_fds_is_overload_not_a_dead_disk(
+        store: DiskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from cachenode.errors import Overloaded
+    r = ref("m")
+    await store.put(r, payload(r))
+    real_open = os.open
+
+    def no_fds(path: object, *args: object, **kw: object) -> int:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(os, "open", no_fds)
+    with pytest.raises(Overloaded, match="Too many open files"):
+        store.open_block(r.block_id)
+    monkeypatch.setattr(os, "open", real_open)
+    assert store.failed is None
+    assert read_all(store, r.block_id) == payload(r)
+
+
+@pytest.mark.asyncio
+async def test_a_failed_disk_is_tried_again_later(
+        store: DiskStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from cachenode.store import disk
+    r = ref("m")
+    await store.put(r, payload(r))
+    real_open = os.open
+    monkeypatch.setattr(os, "open", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(errno.EIO, "Input/output error")))
+    assert store.open_block(r.block_id) is None
+    assert store.failed and "Input/output error" in store.failed
+    monkeypatch.setattr(os, "open", real_open)
+    assert store.open_block(r.block_id) is None  # out of rotation for a while
+    monkeypatch.setattr(disk, "RETRY_FAILED_DISK_S", 0.0)
+    assert read_all(store, r.block_id) == payload(r)
+    assert store.failed is None
+
+
+def test_a_second_process_cannot_share_the_data_dir(store: DiskStore, tmp_path: Path,
+                                                     metrics: NodeMetrics) -> None:
+    from cachenode.store.disk import DataDirInUse
+    inflight = tmp_path / "tmp" / "x.tmp"
+    inflight.write_bytes(b"a fill in progress")
+    other = DiskStore(tmp_path, 8 * BS, metrics)
+    with pytest.raises(DataDirInUse, match="in use by another cachenode"):
+        other.open()
+    assert inflight.exists()  # the running node's fill was left alone

@@ -158,8 +158,12 @@ def test_invalid_values_name_the_option(argv: list[str], env: dict[str, str],
 def test_direct_construction_is_validated() -> None:
     with pytest.raises(ConfigError, match="--block-size"):
         NodeConfig(block_size_bytes=1000)
-    with pytest.raises(ConfigError, match="metadata_ttl"):
+    with pytest.raises(ConfigError, match="--metadata-ttl"):
         NodeConfig(metadata_ttl_s=-1.0)
+    for name in ("fill_timeout_s", "origin_connect_timeout_s", "origin_read_timeout_s"):
+        flag = "--" + name.removesuffix("_s").replace("_", "-")
+        with pytest.raises(ConfigError, match=f"{flag} must be more than 0"):
+            NodeConfig(**{name: 0.0})  # type: ignore[arg-type]
 
 
 def _clean_env() -> dict[str, str]:
