@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ENV_PREFIX = "CACHENODE_"
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -54,6 +55,20 @@ def _bool(text: str) -> bool:
     if value in ("0", "false", "no", "off", ""):
         return False
     raise ConfigError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _urls(text: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in str(text).split(",") if u.strip())
+    for u in urls:
+        if not re.fullmatch(r"https?://[^/\s]+/?", u):
+            raise ConfigError(f"{u!r} is not an etcd URL (example: http://etcd:2379)")
+    return urls
+
+
+def _name(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", str(text)):
+        raise ConfigError(f"{text!r} must be 1-63 letters, digits, '.', '_' or '-'")
+    return str(text)
 
 
 def _opt(flag: str, help: str, parse: Any = str, env: str | None = None) -> Any:
@@ -104,6 +119,28 @@ class NodeConfig:
         "--readahead", "blocks fetched ahead of the one being sent, per response", int))
     fsync: bool = field(default=False, metadata=_opt(
         "--fsync", "fsync each block before it becomes visible (survives power loss)", _bool))
+    etcd_endpoints: tuple[str, ...] = field(default=(), metadata=_opt(
+        "--etcd", "etcd URL(s), comma-separated, to join a cache group; empty = run alone",
+        _urls))
+    cluster: str = field(default="default", metadata=_opt(
+        "--cluster", "cluster name: the etcd prefix /blockcache/<cluster>/", _name))
+    site: str = field(default="default", metadata=_opt(
+        "--site", "site (cache group) this node serves; one ring per site", _name))
+    node_id: str = field(default_factory=socket.gethostname, metadata=_opt(
+        "--node-id", "stable node id (a StatefulSet pod name): a restarted node owns the "
+        "same blocks", _name))
+    weight: int = field(default=100, metadata=_opt(
+        "--weight", "share of the ring relative to other nodes (100 = a normal node, 200 = twice its blocks)", int))
+    advertise_host: str = field(default="", metadata=_opt(
+        "--advertise-host", "host other nodes and clients use to reach this one; empty = "
+        "the --http host, or this machine's name if that is 0.0.0.0", str))
+    peer_timeout_s: float = field(default=65.0, metadata=_opt(
+        "--peer-timeout", "deadline for reading one block from another node (its fill "
+        "included); a dead or hung peer is noticed sooner, by refused connections or "
+        "missed keepalive pings", parse_duration))
+    lease_ttl_s: float = field(default=10.0, metadata=_opt(
+        "--lease-ttl", "etcd lease of the node's registration: a node that dies leaves the "
+        "ring this long after", parse_duration))
     log_level: str = field(default="INFO", metadata=_opt(
         "--log-level", "DEBUG, INFO, WARNING or ERROR", str.upper))
 
@@ -125,6 +162,12 @@ class NodeConfig:
             if getattr(self, name) <= 0:
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise ConfigError(f"{flag} must be more than 0")
+        if self.weight < 0:
+            raise ConfigError("--weight must not be negative")
+        if self.peer_timeout_s <= 0:
+            raise ConfigError("--peer-timeout must be more than 0")
+        if self.lease_ttl_s < 2:
+            raise ConfigError("--lease-ttl must be at least 2s")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"--log-level {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 
@@ -165,9 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for f in fields(NodeConfig):
         meta = f.metadata
-        default = f.default
+        default: Any = f.default
+        if default is MISSING:
+            default = cast(Any, f.default_factory)()
         if isinstance(default, tuple):
-            default = f"{default[0]}:{default[1]}"
+            default = ",".join(map(str, default)) if f.name == "etcd_endpoints" else (
+                f"{default[0]}:{default[1]}")
         env_name = ENV_PREFIX + meta["flag"][2:].replace("-", "_").upper()
         extra = f", or {meta['env']}" if meta["env"] else ""
         p.add_argument(meta["flag"], dest=f.name, default=None, metavar=env_name[len(ENV_PREFIX):],

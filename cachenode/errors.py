@@ -99,3 +99,39 @@ class Overloaded(CacheError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.reason = f"node overloaded: {detail}"
+
+
+class BlockNotCached(CacheError):
+    """A handoff asked for a block this node does not hold on disk."""
+
+    def __init__(self, block_id: str) -> None:
+        super().__init__(block_id)
+        self.reason = f"block {block_id} is not cached here"
+
+
+class PeerUnavailable(CacheError):
+    """Another cache node could not be reached or did not answer in time."""
+
+    def __init__(self, peer: str, detail: str) -> None:
+        super().__init__(peer, detail)
+        self.peer, self.detail = peer, detail
+        self.reason = f"peer {peer} unavailable: {detail}"
+
+
+def remote_error(name: str, reason: str, bucket: str = "", key: str = "") -> CacheError:
+    """Return the local form of an error another node reported by class name and reason."""
+    cls = next((c for c in _all_errors() if c.__name__ == name), CacheError)
+    err = cls.__new__(cls)
+    Exception.__init__(err, reason)
+    err.reason = reason
+    err.bucket, err.key, err.size = bucket, key, 0  # type: ignore[attr-defined]
+    err.detail, err.etag = reason, ""  # type: ignore[attr-defined]
+    return err
+
+
+def _all_errors() -> list[type[CacheError]]:
+    """Return CacheError and every subclass, depth first."""
+    found: list[type[CacheError]] = [CacheError]
+    for c in found:
+        found.extend(c.__subclasses__())
+    return found

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import zlib
+from collections.abc import Awaitable, Callable
 
 from cachenode.blocks import BlockRef
 from cachenode.config import NodeConfig
@@ -38,6 +39,8 @@ class Filler:
         self._slots = asyncio.Semaphore(2 * config.max_concurrent_fills)
         self._landed: dict[str, bytes] = {}  # fetched, being written; guarded by the loop
         self._writes: set[asyncio.Task[None]] = set()
+        # Asked before the origin on a miss: the block from a previous owner, or None.
+        self.handoff: Callable[[BlockRef], Awaitable[bytes | None]] | None = None
 
     async def close(self) -> None:
         """Cancel the fills in flight and let the blocks already fetched reach the disk."""
@@ -52,6 +55,16 @@ class Filler:
     def stored(self, ref: BlockRef) -> OpenBlock | None:
         """Return the block's file if it is on disk now, else None."""
         return self._store.open_block(ref.block_id, ref.length)
+
+    async def read_stored_bytes(self, ref: BlockRef) -> bytes | None:
+        """Return a stored block's checked bytes, or None if absent (or corrupt: dropped)."""
+        ob = self._store.open_block(ref.block_id, ref.length)
+        if ob is None:
+            return None
+        data = await self._read_checked(ob)
+        if data is None:
+            self._store.delete(ref.block_id)
+        return data
 
     async def read_block(self, ref: BlockRef) -> OpenBlock | bytes:
         """Return the block as an open file (hit; caller closes it) or as bytes (miss)."""
@@ -116,7 +129,7 @@ class Filler:
             async with asyncio.timeout(self._config.fill_timeout_s):  # queueing included
                 await self._slots.acquire()
                 try:
-                    data = await self._fetch(ref)
+                    data = await self._handoff_or_fetch(ref)
                 except BaseException:
                     self._slots.release()
                     raise
@@ -131,6 +144,13 @@ class Filler:
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         return data
+
+    async def _handoff_or_fetch(self, ref: BlockRef) -> bytes:
+        if self.handoff is not None:
+            data = await self.handoff(ref)
+            if data is not None and len(data) == ref.length:
+                return data
+        return await self._fetch(ref)
 
     async def _fetch(self, ref: BlockRef) -> bytes:
         async with self._limit:

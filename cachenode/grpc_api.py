@@ -13,6 +13,7 @@ import grpc
 from cachenode.blocks import BlockRef, ObjectMeta, block_count
 from cachenode.errors import (
     BadRequest,
+    BlockNotCached,
     CacheError,
     DiskUnavailable,
     MalformedRange,
@@ -28,7 +29,8 @@ from cachenode.errors import (
 from cachenode.metrics import NodeMetrics
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
-from cachenode.service import BlockService, FileChunk
+from cachenode.peers import ERROR_KEY
+from cachenode.service import BlockService, Chunk, MemChunk
 
 CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
 GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
@@ -41,6 +43,7 @@ GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
     OriginTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     ObjectChanged: grpc.StatusCode.FAILED_PRECONDITION,
     StoreFull: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    BlockNotCached: grpc.StatusCode.NOT_FOUND,
     DiskUnavailable: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
@@ -108,7 +111,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
             if request.index >= block_count(meta.size, self._block_size):
                 raise RangeNotSatisfiable(f"block {request.index}", meta.size)
             ref = BlockRef(meta, request.index, self._block_size)
-            data = await self._service.filler.read_block_bytes(ref)
+            data = await self._block_bytes(ref, request)
             crc = zlib.crc32(data)
             for i in range(0, len(data), CHUNK_BYTES):
                 yield pb.Chunk(data=data[i:i + CHUNK_BYTES], offset=ref.start + i,
@@ -116,6 +119,15 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
         except CacheError as e:
             await self._abort(context, "ReadBlock", e)
         self._metrics.requests.labels("grpc", "OK").inc()
+
+    async def _block_bytes(self, ref: BlockRef, request: pb.ReadBlockRequest) -> bytes:
+        """Return the block's bytes: disk only for a handoff, else routed (hops > 0: here)."""
+        if request.cached_only:
+            data = await self._service.filler.read_stored_bytes(ref)
+            if data is None:
+                raise BlockNotCached(ref.block_id)
+            return data
+        return await self._service.router.read_block_bytes(ref, hops=request.hops)
 
     async def _pinned(self, bucket: str, key: str, etag: str) -> ObjectMeta:
         """Return the object's metadata, checking that it still has `etag` (if given)."""
@@ -131,16 +143,16 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
                      err: CacheError) -> None:
         code = code_of(err)
         self._metrics.requests.labels("grpc", code.name).inc()
-        await context.abort(code, f"{type(err).__name__}: {err}")
+        await context.abort(code, f"{type(err).__name__}: {err}",
+                            trailing_metadata=((ERROR_KEY, type(err).__name__),))
 
 
-async def _chunk_bytes(chunk: FileChunk | memoryview,
-                       metrics: NodeMetrics) -> AsyncIterator[bytes]:
+async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics) -> AsyncIterator[bytes]:
     """Yield a chunk's bytes in messages of at most CHUNK_BYTES."""
-    if isinstance(chunk, memoryview):
-        metrics.bytes_served.labels("origin").inc(len(chunk))
-        for i in range(0, len(chunk), CHUNK_BYTES):
-            yield bytes(chunk[i:i + CHUNK_BYTES])
+    if isinstance(chunk, MemChunk):
+        metrics.bytes_served.labels(chunk.source).inc(len(chunk.data))
+        for i in range(0, len(chunk.data), CHUNK_BYTES):
+            yield bytes(chunk.data[i:i + CHUNK_BYTES])
         return
     loop = asyncio.get_running_loop()
     try:
@@ -161,8 +173,13 @@ async def _chunk_bytes(chunk: FileChunk | memoryview,
 async def start_grpc_server(service: BlockService, metrics: NodeMetrics,
                             addr: tuple[str, int]) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on host:port and return it with the bound port."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
-                                      ("grpc.max_send_message_length", 8 * 1024 * 1024)])
+    server = grpc.aio.server(options=[
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_send_message_length", 8 * 1024 * 1024),
+        # peers ping every 5s to notice a hung node; allow it (the default bound is 5 min)
+        ("grpc.http2.min_ping_interval_without_data_ms", 4000),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 4000),
+    ])
     pb_grpc.add_BlockCacheServicer_to_server(
         BlockCacheServicer(service, metrics, service.block_size), server)
     host, port = addr

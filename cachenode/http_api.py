@@ -9,6 +9,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -115,8 +116,10 @@ class HttpApi:
     """aiohttp routes for object reads, metrics and health."""
 
     def __init__(self, service: BlockService, metrics: NodeMetrics,
-                 ready: Callable[[], str | None]) -> None:
+                 ready: Callable[[], str | None],
+                 ring_view: Callable[[], dict[str, Any]] | None = None) -> None:
         self._service, self._metrics, self._ready = service, metrics, ready
+        self._ring_view = ring_view
 
     def app(self) -> web.Application:
         """Return the aiohttp application."""
@@ -124,6 +127,8 @@ class HttpApi:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
+        app.router.add_get("/ring", self._ring)
+        app.router.add_get("/_list/{bucket}", self._list)
         app.router.add_route("GET", r"/{tail:[\s\S]*}", self._object)  # keys may hold \n
         app.router.add_route("HEAD", r"/{tail:[\s\S]*}", self._object)
         return app
@@ -153,6 +158,25 @@ class HttpApi:
         if problem:
             return web.Response(status=503, text=f"not ready: {problem}\n")
         return web.Response(text="ready\n")
+
+    async def _ring(self, request: web.Request) -> web.Response:
+        if self._ring_view is None:
+            return web.json_response({"error": "NoRing", "reason": "no group view"}, status=404)
+        return web.json_response(self._ring_view())
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """List objects under ?prefix= as JSON, a page at a time (?token=, ?max-keys=)."""
+        q = request.query
+        try:
+            limit = int(q.get("max-keys", "1000")) if q.get("max-keys", "1000").isdigit() else 0
+            objs, token = await self._service.list_page(
+                request.match_info["bucket"], q.get("prefix", ""), q.get("token", ""), limit)
+        except CacheError as e:
+            return error_response(e)
+        return web.json_response({
+            "objects": [{"key": o.key, "size": o.size, "etag": o.etag,
+                         "last_modified": o.last_modified} for o in objs],
+            "next_token": token})
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(self._metrics.registry))
@@ -233,5 +257,5 @@ class HttpApi:
                 chunk.close()
             self._metrics.bytes_served.labels(chunk.block.source).inc(chunk.length)
         else:
-            await sender.send_bytes(chunk)
-            self._metrics.bytes_served.labels("origin").inc(len(chunk))
+            await sender.send_bytes(chunk.data)
+            self._metrics.bytes_served.labels(chunk.source).inc(len(chunk.data))

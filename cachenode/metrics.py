@@ -50,6 +50,22 @@ class NodeMetrics:
                                         "Object metadata lookups, by result (hit/miss)",
                                         ["result"], registry=r)
 
+        self.peer_reads = Counter(p + "peer_reads",
+                                  "Blocks asked of their owner, by result (ok/failover)",
+                                  ["result"], registry=r)
+        self.peer_bytes = Counter(p + "peer_bytes", "Bytes received from other nodes",
+                                  registry=r)
+        self.peer_errors = Counter(p + "peer_errors",
+                                   "Peer reads that failed in transport (peer skipped 2s)",
+                                   registry=r)
+        self.handoffs = Counter(p + "handoffs",
+                                "Misses asked of the block's previous owner, by result",
+                                ["result"], registry=r)
+        self.ring_nodes = Gauge(p + "ring_nodes", "Nodes on this node's ring (up)", registry=r)
+        self.membership_healthy = Gauge(p + "membership_healthy",
+                                        "1 while registered in etcd, 0 while etcd is out of "
+                                        "reach (serving with the last ring seen)", registry=r)
+
     def value(self, name: str, **labels: str) -> float:
         """Return the current value of a sample, for tests and the CLI (0 if absent)."""
         v = self.registry.get_sample_value(name, labels or None)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -14,9 +17,14 @@ from cachenode.fill import Filler
 from cachenode.http_api import HttpApi
 from cachenode.metrics import NodeMetrics
 from cachenode.origin_s3 import S3Origin
+from cachenode.peers import PeerClient
 from cachenode.ports import Origin
+from cachenode.routing import Router
 from cachenode.service import BlockService
 from cachenode.store.disk import DiskStore
+
+if TYPE_CHECKING:
+    from cachenode.membership import Membership, NodeRecord
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5.0
@@ -33,7 +41,11 @@ class CacheNode:
         self._s3 = None if origin is not None else S3Origin(config, self.metrics)
         self.origin: Origin = origin if origin is not None else self._s3  # type: ignore[assignment]
         self.filler = Filler(config, self.origin, self.store, self.metrics)
-        self.service = BlockService(config, self.origin, self.filler, self.metrics)
+        grouped = bool(config.etcd_endpoints)
+        self.peers = PeerClient(self.metrics, config.peer_timeout_s) if grouped else None
+        self.router = Router(config.node_id, self.filler, self.metrics, self.peers)
+        self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router)
+        self.membership: Membership | None = None
         self._stack = AsyncExitStack()
         self.http_port = 0
         self.grpc_port = 0
@@ -63,8 +75,12 @@ class CacheNode:
                 self._stack.push_async_callback(self._s3.close)
             self._stack.push_async_callback(self.service.close)
             self._stack.push_async_callback(self.filler.close)
+            self._stack.push_async_callback(self.router.close)
             await self._start_http()
             await self._start_grpc()
+            if self.peers is not None:
+                self._stack.push_async_callback(self.peers.close)
+                await self._join()
         except BaseException:
             await self._stack.aclose()
             raise
@@ -75,7 +91,7 @@ class CacheNode:
                  self.store.block_count, self.store.used_bytes, self.store.capacity)
 
     async def _start_http(self) -> None:
-        api = HttpApi(self.service, self.metrics, self.readiness)
+        api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view)
         runner = web.AppRunner(api.app(), access_log=None,
                                shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
@@ -84,6 +100,47 @@ class CacheNode:
         site = web.TCPSite(runner, host, port, backlog=1024)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def record(self, state: str = "up") -> NodeRecord:
+        """Return this node's membership record (addresses as others reach them)."""
+        from cachenode.membership import NodeRecord  # aetcd only for grouped nodes
+
+        host = self.config.advertise_host or self.config.http_addr[0]
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.getfqdn()
+        return NodeRecord(id=self.config.node_id, http=f"{host}:{self.http_port}",
+                          grpc=f"{host}:{self.grpc_port}", weight=self.config.weight,
+                          state=state)
+
+    def ring_view(self) -> dict[str, Any]:
+        """Return this node's view of its group, as /ring shows it."""
+        m = self.membership
+        members = m.members if m is not None else {self.config.node_id: self.record()}
+        ring = self.router.ring
+        shares = ring.shares() if ring is not None else {self.config.node_id: 1.0}
+        return {
+            "node_id": self.config.node_id, "cluster": self.config.cluster,
+            "site": self.config.site, "epoch": self.router.epoch,
+            "etcd_healthy": m.healthy if m is not None else None,
+            "block_size": self.config.block_size_bytes,
+            "members": [{"id": r.id, "http": r.http, "grpc": r.grpc, "weight": r.weight,
+                         "state": r.state, "share": round(shares.get(r.id, 0.0), 6)}
+                        for r in sorted(members.values(), key=lambda r: r.id)],
+        }
+
+    async def _join(self) -> None:
+        """Register in etcd and follow the site's membership (the ring)."""
+        from cachenode.membership import Membership
+
+        def changed(members: Mapping[str, NodeRecord], epoch: int) -> None:
+            self.router.update(members, epoch)
+
+        self.membership = Membership(list(self.config.etcd_endpoints), self.config.cluster,
+                                     self.config.site, self.record(),
+                                     lease_ttl_s=self.config.lease_ttl_s, on_change=changed)
+        await self.membership.start()
+        self._stack.push_async_callback(self.membership.close)
+        self.router.update(self.membership.members, self.membership.epoch)
 
     async def _start_grpc(self) -> None:
         from cachenode.grpc_api import start_grpc_server  # grpc stays out of pure imports
@@ -97,6 +154,6 @@ class CacheNode:
         self._stack.push_async_callback(stop)
 
     async def close(self) -> None:
-        """Stop accepting, drain for a grace period, then close the store and origin."""
+        """Leave the ring, stop accepting, drain for a grace period, close store and origin."""
         self._serving = False
         await self._stack.aclose()

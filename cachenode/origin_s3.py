@@ -117,6 +117,22 @@ class S3Origin:
         self._metrics.origin_bytes.inc(length)
         return data
 
+    async def list_page(self, bucket: str, prefix: str, token: str = "",
+                        limit: int = 1000) -> tuple[list[ObjectMeta], str]:
+        """Return one page of the objects under `prefix` and the token of the next ('' = done)."""
+
+        async def once() -> tuple[list[ObjectMeta], str]:
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": limit}
+            if token:
+                kw["ContinuationToken"] = token
+            r = await self._client.list_objects_v2(**kw)
+            objs = [ObjectMeta(bucket, o["Key"], int(o["Size"]), o.get("ETag", ""),
+                               o["LastModified"].timestamp() if o.get("LastModified") else 0.0)
+                    for o in r.get("Contents", [])]
+            return objs, (r.get("NextContinuationToken") or "") if r.get("IsTruncated") else ""
+
+        return await self._call("list", bucket, prefix, "", once)
+
     async def _call(self, op: str, bucket: str, key: str, etag: str,
                     once: Callable[[], Awaitable[T]]) -> T:
         """Run one origin call with bounded retries; fail at once while the origin is down."""

@@ -19,6 +19,11 @@ class Origin(Protocol):
         """Return exactly `length` bytes at `start` of the pinned version, or raise."""
         ...
 
+    async def list_page(self, bucket: str, prefix: str, token: str = "",
+                        limit: int = 1000) -> tuple[list[ObjectMeta], str]:
+        """Return one page of objects under `prefix` and the next page's token ('' = done)."""
+        ...
+
 
 class BlockStore(Protocol):
     """Local block storage: immutable blocks by id, bounded by capacity."""

@@ -16,6 +16,7 @@ from cachenode.errors import BadRequest, ObjectChanged, OriginDenied, OriginUnav
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import Origin
+from cachenode.routing import Fetched, Router
 from cachenode.singleflight import SingleFlight
 from cachenode.store.disk import OpenBlock
 
@@ -38,7 +39,15 @@ class FileChunk:
         self.block.close()
 
 
-Chunk = FileChunk | memoryview
+@dataclass(slots=True)
+class MemChunk:
+    """Bytes held in memory to send, and where they came from ("origin" or "peer")."""
+
+    data: memoryview
+    source: str
+
+
+Chunk = FileChunk | MemChunk
 
 
 def validate_name(bucket: str, key: str) -> None:
@@ -58,8 +67,9 @@ class BlockService:
     """Stat objects (short-TTL metadata cache) and stream byte ranges block by block."""
 
     def __init__(self, config: NodeConfig, origin: Origin, filler: Filler,
-                 metrics: NodeMetrics) -> None:
+                 metrics: NodeMetrics, router: Router | None = None) -> None:
         self._config, self._origin, self.filler, self._metrics = config, origin, filler, metrics
+        self.router = router or Router("", filler, metrics)  # default: alone
         self._meta: OrderedDict[tuple[str, str], tuple[float, ObjectMeta]] = OrderedDict()
         self._heads: SingleFlight[ObjectMeta] = SingleFlight()
         self.block_size = config.block_size_bytes
@@ -90,6 +100,16 @@ class BlockService:
         self._remember(meta)
         return meta
 
+    async def list_page(self, bucket: str, prefix: str, token: str = "",
+                        limit: int = 1000) -> tuple[list[ObjectMeta], str]:
+        """Return one page of the objects under `prefix` (from origin) and the next token."""
+        validate_name(bucket, "x")
+        if len(prefix.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+            raise BadRequest(f"prefix longer than {MAX_KEY_BYTES} bytes")
+        if not 1 <= limit <= 1000:
+            raise BadRequest("max-keys must be between 1 and 1000")
+        return await self._origin.list_page(bucket, prefix, token, limit)
+
     def _remember(self, meta: ObjectMeta) -> None:
         k = (meta.bucket, meta.key)
         self._meta[k] = (time.monotonic() + self._config.metadata_ttl_s, meta)
@@ -108,14 +128,14 @@ class BlockService:
         receiver. ObjectChanged means the version is gone: the metadata is dropped.
         """
         todo = iter(blocks.slices(meta, start, end, self._config.block_size_bytes))
-        pending: deque[tuple[BlockSlice, asyncio.Future[OpenBlock | bytes]]] = deque()
+        pending: deque[tuple[BlockSlice, asyncio.Future[OpenBlock | Fetched]]] = deque()
         try:
             while True:
                 while len(pending) <= self._config.readahead_blocks:
                     s = next(todo, None)
                     if s is None:
                         break
-                    pending.append((s, asyncio.ensure_future(self.filler.read_block(s.ref))))
+                    pending.append((s, asyncio.ensure_future(self.router.read_block(s.ref))))
                 if not pending:
                     return
                 s, fut = pending[0]  # stays pending (closed by finally) until its result is ours
@@ -125,22 +145,23 @@ class BlockService:
                     self.invalidate(meta.bucket, meta.key)
                     raise
                 pending.popleft()
-                if not isinstance(got, OpenBlock):
+                if isinstance(got, Fetched) and got.source == "origin":
                     # Filled a while ago (read-ahead)? Send the file, let the bytes go.
                     got = self.filler.stored(s.ref) or got
                 if isinstance(got, OpenBlock):
                     yield FileChunk(got, s.offset, s.length)
                 else:
-                    yield memoryview(got)[s.offset:s.offset + s.length]
+                    yield MemChunk(memoryview(got.data)[s.offset:s.offset + s.length],
+                                   got.source)
         finally:
             for _, fut in pending:
                 _discard(fut)
 
 
-def _discard(fut: asyncio.Future[OpenBlock | bytes]) -> None:
+def _discard(fut: asyncio.Future[OpenBlock | Fetched]) -> None:
     """Cancel a read-ahead that will not be sent, closing any file it opened."""
 
-    def close(f: asyncio.Future[OpenBlock | bytes]) -> None:
+    def close(f: asyncio.Future[OpenBlock | Fetched]) -> None:
         if f.cancelled() or f.exception() is not None:
             return
         if isinstance(f.result(), OpenBlock):

@@ -13,3 +13,7 @@ class NotFound(ClientError):
 
 class Unavailable(ClientError):
     """No node could serve the request (or the origin failed for uncached bytes)."""
+
+
+class ObjectChanged(ClientError):
+    """The object was overwritten at origin while it was being read: stat it again."""

@@ -43,6 +43,16 @@ class FakeOrigin:
             raise ObjectChanged(meta.bucket, meta.key, meta.etag)
         return data[start:start + length]
 
+    async def list_page(self, bucket: str, prefix: str, token: str = "",
+                        limit: int = 1000) -> tuple[list[ObjectMeta], str]:
+        """Return objects under `prefix` after key `token`, `limit` at a time."""
+        await self._step()
+        keys = sorted(k for (b, k) in self.objects if b == bucket and k.startswith(prefix)
+                      and k > token)
+        page = [ObjectMeta(bucket, k, len(self.objects[(bucket, k)][0]),
+                           self.objects[(bucket, k)][1]) for k in keys[:limit]]
+        return page, (keys[limit - 1] if len(keys) > limit else "")
+
     async def _step(self) -> None:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -34,6 +36,11 @@ class NodeProcess:
 
     def start(self, timeout_s: float = 30.0) -> NodeProcess:
         """Start the process and wait until /readyz answers 200."""
+        self.spawn()
+        return self.wait_ready(timeout_s)
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
@@ -41,6 +48,10 @@ class NodeProcess:
                  f"127.0.0.1:{self.http_port}", "--grpc", f"127.0.0.1:{self.grpc_port}",
                  *self.args],
                 env={**os.environ, **self.origin_env}, stdout=log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout_s: float = 30.0) -> NodeProcess:
+        """Wait until /readyz answers 200, or raise with the log's tail."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -76,6 +87,12 @@ class NodeProcess:
         return sum(s.value for family in text_string_to_metric_families(text)
                    for s in family.samples
                    if s.name == name and labels.items() <= s.labels.items())
+
+    def ring(self) -> dict[str, Any]:
+        """Return the node's view of its group (GET /ring)."""
+        status, _, body = self.get("/ring", timeout_s=5.0)
+        assert status == 200, body
+        return json.loads(body)  # type: ignore[no-any-return]
 
     def kill9(self) -> None:
         """Kill the process with SIGKILL and reap it."""

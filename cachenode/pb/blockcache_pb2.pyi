@@ -44,7 +44,7 @@ class ReadRangeRequest(_message.Message):
     def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class ReadBlockRequest(_message.Message):
-    __slots__ = ("bucket", "key", "etag", "object_size", "index", "hops", "ring_epoch")
+    __slots__ = ("bucket", "key", "etag", "object_size", "index", "hops", "ring_epoch", "cached_only")
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     KEY_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class ReadBlockRequest(_message.Message):
     INDEX_FIELD_NUMBER: _ClassVar[int]
     HOPS_FIELD_NUMBER: _ClassVar[int]
     RING_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CACHED_ONLY_FIELD_NUMBER: _ClassVar[int]
     bucket: str
     key: str
     etag: str
@@ -59,7 +60,8 @@ class ReadBlockRequest(_message.Message):
     index: int
     hops: int
     ring_epoch: int
-    def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ..., etag: _Optional[str] = ..., object_size: _Optional[int] = ..., index: _Optional[int] = ..., hops: _Optional[int] = ..., ring_epoch: _Optional[int] = ...) -> None: ...
+    cached_only: bool
+    def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ..., etag: _Optional[str] = ..., object_size: _Optional[int] = ..., index: _Optional[int] = ..., hops: _Optional[int] = ..., ring_epoch: _Optional[int] = ..., cached_only: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("data", "offset", "info", "block_crc32")

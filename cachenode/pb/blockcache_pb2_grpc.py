@@ -72,6 +72,8 @@ class BlockCacheServicer:
 
     def ReadBlock(self, request, context):
         """ReadBlock streams one whole block of a pinned object version (used between nodes).
+        A request with hops > 0 was forwarded: the receiver serves it itself (disk, else origin).
+        Errors carry the cache error's class name in the trailing metadata "blockcache-error".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

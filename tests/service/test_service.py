@@ -69,7 +69,7 @@ class Env:
                     chunk.close()
                 kind = "file"
             else:
-                out += chunk
+                out += chunk.data
                 kind = "bytes"
             if kinds is not None:
                 kinds.append(kind)

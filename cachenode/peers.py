@@ -1,0 +1,113 @@
+"""Read blocks from other cache nodes over gRPC (ReadBlock), checking size and checksum.
+
+gRPC rather than HTTP for node-to-node reads: the stream carries the owner's crc32 of the
+whole block, typed errors (the cache error's class name in trailing metadata) and the hop
+count; keepalive pings notice a hung peer (kernel alive, process stopped) within seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+
+import grpc
+
+from cachenode.blocks import BlockRef
+from cachenode.errors import CacheError, PeerUnavailable, remote_error
+from cachenode.metrics import NodeMetrics
+from cachenode.pb import blockcache_pb2 as pb
+from cachenode.pb import blockcache_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+ERROR_KEY = "blockcache-error"  # trailing metadata: the CacheError class name
+PEER_DOWN_S = 2.0  # after a transport failure, skip the peer this long
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 5000),
+    ("grpc.keepalive_timeout_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 0),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+
+
+class PeerClient:
+    """One gRPC channel per peer address; reads whole blocks with a deadline."""
+
+    def __init__(self, metrics: NodeMetrics, timeout_s: float) -> None:
+        self._metrics, self._timeout_s = metrics, timeout_s
+        self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.BlockCacheStub]] = {}
+        self._down_until: dict[str, float] = {}  # guarded by the loop
+
+    async def close(self) -> None:
+        """Close every channel."""
+        channels, self._channels = self._channels, {}
+        await asyncio.gather(*(ch.close() for ch, _ in channels.values()),
+                             return_exceptions=True)
+
+    def forget(self, keep: set[str]) -> None:
+        """Close channels to addresses no longer in the group."""
+        for addr in [a for a in self._channels if a not in keep]:
+            ch, _ = self._channels.pop(addr)
+            asyncio.ensure_future(ch.close())
+            self._down_until.pop(addr, None)
+
+    def is_down(self, addr: str) -> bool:
+        """Return whether a recent transport failure says to skip this peer for now."""
+        return self._down_until.get(addr, 0.0) > time.monotonic()
+
+    def _stub(self, addr: str) -> pb_grpc.BlockCacheStub:
+        got = self._channels.get(addr)
+        if got is None:
+            ch = grpc.aio.insecure_channel(addr, options=CHANNEL_OPTIONS)
+            got = self._channels[addr] = (ch, pb_grpc.BlockCacheStub(ch))
+        return got[1]
+
+    async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
+                         cached_only: bool = False) -> bytes:
+        """Return block `ref` read from the node at `addr`, verified against its crc32.
+
+        Raises PeerUnavailable when the peer cannot be reached or fails the transfer, or
+        the CacheError the peer reported (OriginNotFound, ObjectChanged, BlockNotCached...).
+        """
+        meta = ref.obj
+        req = pb.ReadBlockRequest(bucket=meta.bucket, key=meta.key, etag=meta.etag,
+                                  object_size=meta.size, index=ref.index, hops=hops,
+                                  ring_epoch=epoch, cached_only=cached_only)
+        parts: list[bytes] = []
+        got, crc, want_crc = 0, 0, None
+        try:
+            call = self._stub(addr).ReadBlock(req, timeout=self._timeout_s)
+            async for chunk in call:
+                if chunk.offset != ref.start + got or got + len(chunk.data) > ref.length:
+                    raise self._failed(addr, "sent bytes out of order or past the block")
+                if want_crc is None:
+                    want_crc = chunk.block_crc32
+                parts.append(chunk.data)
+                got += len(chunk.data)
+                crc = zlib.crc32(chunk.data, crc)
+        except grpc.aio.AioRpcError as e:
+            name = dict(e.trailing_metadata() or ()).get(ERROR_KEY)
+            if name:
+                raise remote_error(str(name), _reason(e.details() or ""), meta.bucket,
+                                   meta.key) from None
+            raise self._failed(addr, f"{e.code().name}: {e.details()}") from None
+        if got != ref.length or crc != want_crc:
+            raise self._failed(addr, f"block {ref.block_id} arrived short or corrupt")
+        self._down_until.pop(addr, None)
+        self._metrics.peer_bytes.inc(got)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _failed(self, addr: str, detail: str) -> CacheError:
+        self._down_until[addr] = time.monotonic() + PEER_DOWN_S
+        self._metrics.peer_errors.inc()
+        log.warning("peer %s failed: %s", addr, detail)
+        return PeerUnavailable(addr, detail)
+
+
+def _reason(details: str) -> str:
+    """Return the reason part of a peer's 'ClassName: reason' status details."""
+    name, sep, reason = details.partition(": ")
+    return reason if sep and name.isidentifier() else details

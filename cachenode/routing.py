@@ -1,0 +1,199 @@
+"""Route each block read: this node's disk, else the block's owner, the next owners, origin.
+
+Only the owner of a block fills it from the origin, so single-flight holds across the group.
+A request forwarded by another node (hops > 0) is always served here: nothing loops while
+nodes disagree about the ring. When the ring changes, a new owner that misses a block asks
+the previous owner's disk before the origin (handoff), so scaling out is no refetch storm.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from cachenode.blocks import BlockRef
+from cachenode.errors import CacheError, DiskUnavailable, Overloaded, PeerUnavailable, StoreFull
+from cachenode.fill import Filler
+from cachenode.metrics import NodeMetrics
+from cachenode.ring import EmptyRing, Ring
+from cachenode.singleflight import SingleFlight
+from cachenode.store.disk import OpenBlock
+
+log = logging.getLogger(__name__)
+OWNERS_TRIED = 3  # the owner, then up to two successors, then a fill here
+RECENT_PEER_BLOCKS = 8  # blocks read from peers kept in memory for readers just behind
+_TRY_NEXT = (PeerUnavailable, Overloaded, StoreFull, DiskUnavailable)  # the peer's trouble
+
+
+class Member(Protocol):
+    """What routing needs of a membership record."""
+
+    @property
+    def grpc(self) -> str: ...
+    @property
+    def weight(self) -> int: ...
+    @property
+    def state(self) -> str: ...
+
+
+class Peers(Protocol):
+    """Reads blocks from other nodes (cachenode.peers.PeerClient)."""
+
+    def is_down(self, addr: str) -> bool: ...
+    def forget(self, keep: set[str]) -> None: ...
+    async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
+                         cached_only: bool = False) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A block's bytes held in memory, and where they came from ("origin" or "peer")."""
+
+    data: bytes
+    source: str
+
+
+class Router:
+    """Decide where each block comes from, given this node's view of the group."""
+
+    def __init__(self, node_id: str, filler: Filler, metrics: NodeMetrics,
+                 peers: Peers | None = None) -> None:
+        self.node_id, self.filler, self._metrics, self._peers = node_id, filler, metrics, peers
+        self._ring: Ring | None = None  # None: this node serves everything itself
+        self._prev: Ring | None = None  # the ring before the last change, for handoff
+        self._weights: dict[str, int] = {}  # of the nodes on the current ring
+        self._addrs: dict[str, str] = {}  # node id -> gRPC address, every other member
+        self.epoch = 0
+        self._peer_flight: SingleFlight[bytes | None] = SingleFlight()
+        self._recent: OrderedDict[str, bytes] = OrderedDict()  # peer blocks, newest last
+        if peers is not None:
+            filler.handoff = self._handoff
+
+    @property
+    def ring(self) -> Ring | None:
+        """Return the current ring (None when alone)."""
+        return self._ring
+
+    def update(self, members: Mapping[str, Member], epoch: int) -> None:
+        """Adopt a new membership view: the ring of the nodes that are up."""
+        weights = {i: m.weight for i, m in members.items() if m.state == "up"}
+        if weights != self._weights:
+            self._prev, self._ring = self._ring, (Ring(weights) if weights else None)
+            self._weights = weights
+            log.info("ring epoch %d: %d nodes up of %d members", epoch, len(weights),
+                     len(members))
+        self._addrs = {i: m.grpc for i, m in members.items() if i != self.node_id}
+        self.epoch = epoch
+        self._metrics.ring_nodes.set(len(weights))
+        if self._peers is not None:
+            self._peers.forget(set(self._addrs.values()))
+
+    async def close(self) -> None:
+        """Cancel peer reads in flight and drop the blocks kept from peers."""
+        await self._peer_flight.close()
+        self._recent.clear()
+
+    def owners(self, ref: BlockRef) -> list[str]:
+        """Return the node ids to ask for a block, owner first ([] when alone)."""
+        if self._ring is None or self._peers is None:
+            return []
+        try:
+            return self._ring.owners(ref.block_id, OWNERS_TRIED)
+        except EmptyRing:
+            return []
+
+    async def read_block(self, ref: BlockRef, hops: int = 0) -> OpenBlock | Fetched:
+        """Return a block as an open file (local disk; caller closes) or as fetched bytes."""
+        ob = self.filler.stored(ref)
+        if ob is not None:
+            self._metrics.hits.inc()
+            return ob
+        owners = self.owners(ref) if hops == 0 else []
+        if owners and owners[0] != self.node_id:
+            bid = ref.block_id
+            data = self._recent.get(bid)
+            if data is None:
+                # Readers of one remote block on this node share one peer read.
+                data, shared = await self._peer_flight.do(
+                    bid, lambda: self._from_owners(owners, ref))
+                if shared:
+                    self._metrics.peer_reads.labels("joined").inc()
+            else:
+                self._recent.move_to_end(bid)
+                self._metrics.peer_reads.labels("recent").inc()
+            if data is not None:
+                return Fetched(data, "peer")
+        got = await self.filler.read_block(ref)
+        return got if isinstance(got, OpenBlock) else Fetched(got, "origin")
+
+    async def _from_owners(self, owners: list[str], ref: BlockRef) -> bytes | None:
+        """Return the block from the first owner that answers, or None to fill it here."""
+        for owner in owners:
+            if owner == self.node_id:
+                return None  # ours after all (the owners before us are down)
+            data = await self._from_peer(owner, ref)
+            if data is not None:
+                self._recent[ref.block_id] = data  # a herd arriving just after finds it
+                while len(self._recent) > RECENT_PEER_BLOCKS:
+                    self._recent.popitem(last=False)
+                return data
+        return None
+
+    async def read_block_bytes(self, ref: BlockRef, hops: int = 0) -> bytes:
+        """Return a whole block as bytes (checksum-checked when it comes from disk)."""
+        if hops == 0 and self.owners(ref)[:1] not in ([], [self.node_id]):
+            got = await self.read_block(ref)
+            if isinstance(got, Fetched):
+                return got.data
+            got.close()
+        return await self.filler.read_block_bytes(ref)
+
+    async def _from_peer(self, owner: str, ref: BlockRef) -> bytes | None:
+        """Return the block from `owner`, or None to try the next one; raise its errors."""
+        addr = self._addrs.get(owner)
+        if addr is None or self._peers is None or self._peers.is_down(addr):
+            return None
+        try:
+            data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch)
+        except _TRY_NEXT as e:
+            self._metrics.peer_reads.labels("failover").inc()
+            log.info("block %s: owner %s failed (%s); trying the next", ref.block_id, owner, e)
+            return None
+        self._metrics.peer_reads.labels("ok").inc()
+        return data
+
+    def _handoff_sources(self, ref: BlockRef) -> list[str]:
+        """Return who held the block before this node: the owner on the previous ring, and
+        the owner if this node were not on the ring (where it lived before this node joined)."""
+        found: list[str] = []
+        try:
+            if self._prev is not None:
+                found.append(self._prev.owner(ref.block_id))
+            if self._ring is not None:
+                found += self._ring.owners(ref.block_id, 2)[1:]
+        except EmptyRing:
+            pass
+        return [n for n in dict.fromkeys(found) if n != self.node_id and n in self._addrs]
+
+    async def _handoff(self, ref: BlockRef) -> bytes | None:
+        """Return the block from the disk of a node that held it before, or None (origin)."""
+        sources = self._handoff_sources(ref) if self._peers is not None else []
+        if self._peers is None or not sources:
+            return None
+        for node in sources:
+            addr = self._addrs[node]
+            if self._peers.is_down(addr):
+                continue
+            try:
+                data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch,
+                                                    cached_only=True)
+            except CacheError as e:
+                log.debug("handoff of block %s from %s: %s", ref.block_id, node, e)
+                continue
+            self._metrics.handoffs.labels("hit").inc()
+            return data
+        self._metrics.handoffs.labels("miss").inc()
+        return None

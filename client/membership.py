@@ -1,0 +1,107 @@
+"""Where the client learns the group: a seed list of nodes (their /ring), or etcd."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from client.errors import ClientError, Unavailable
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One cache node as the client sees it."""
+
+    id: str
+    http: str  # host:port
+    grpc: str
+    weight: int = 100
+    state: str = "up"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    """The members of a site and the block size its nodes use."""
+
+    members: dict[str, Member]
+    block_size: int
+    epoch: int = 0
+
+
+def base_url(node: str) -> str:
+    """Return 'http://host:port' for 'host:port' or a URL."""
+    node = node.strip().rstrip("/")
+    return node if "://" in node else f"http://{node}"
+
+
+async def from_seeds(session: aiohttp.ClientSession, seeds: Sequence[str],
+                     timeout_s: float = 5.0) -> GroupView:
+    """Return the group as the first answering seed node reports it (GET /ring)."""
+    errors = []
+    for seed in seeds:
+        try:
+            async with asyncio.timeout(timeout_s):
+                async with session.get(base_url(seed) + "/ring") as r:
+                    if r.status != 200:
+                        errors.append(f"{seed}: HTTP {r.status}")
+                        continue
+                    view = await r.json()
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
+            errors.append(f"{seed}: {e or type(e).__name__}")
+            continue
+        members = {m["id"]: Member(m["id"], m["http"], m["grpc"], int(m["weight"]), m["state"])
+                   for m in view["members"]}
+        return GroupView(members, int(view["block_size"]), int(view.get("epoch", 0)))
+    if not seeds:
+        raise ClientError("no nodes given: pass --nodes host:port[,...] or --etcd URL")
+    raise Unavailable("no seed node answered: " + "; ".join(errors))
+
+
+async def from_etcd(session: aiohttp.ClientSession, endpoints: Sequence[str], cluster: str,
+                    site: str, timeout_s: float = 5.0) -> GroupView:
+    """Return the members registered in etcd for a site (block size asked of one of them)."""
+    errors = []
+    for endpoint in endpoints:
+        try:
+            records = await asyncio.wait_for(_read_site(endpoint, cluster, site), timeout_s)
+            break
+        except (OSError, TimeoutError, ConnectionError) as e:
+            errors.append(f"{endpoint}: {e or type(e).__name__}")
+        except Exception as e:  # aetcd wraps gRPC failures in its own exception classes
+            errors.append(f"{endpoint}: {type(e).__name__}: {e}")
+    else:
+        raise Unavailable("etcd unreachable: " + "; ".join(errors))
+    if not records:
+        raise Unavailable(f"no cache nodes registered for cluster {cluster!r} site {site!r} "
+                          f"in etcd {','.join(endpoints)}")
+    members = {r.id: Member(r.id, r.http, r.grpc, r.weight, r.state) for r in records.values()}
+    view = await from_seeds(session, [m.http for m in members.values()], timeout_s)
+    return GroupView(members, view.block_size, view.epoch)
+
+
+async def _read_site(endpoint: str, cluster: str, site: str) -> dict[str, Any]:
+    """Return {node id: NodeRecord} registered for a site at one etcd endpoint."""
+    import aetcd  # only when etcd is used
+
+    from cachenode.membership import NodeRecord, site_prefix
+
+    parts = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    client = aetcd.Client(parts.hostname or "127.0.0.1", parts.port or 2379, timeout=5)
+    try:
+        await client.connect()
+        got = await client.get_prefix(site_prefix(cluster, site).encode())
+    finally:
+        await client.close()
+    records = {}
+    for kv in got.kvs:
+        try:
+            r = NodeRecord.unpack(kv.value)
+        except ValueError:
+            continue  # a record this client does not understand: skip that node
+        records[r.id] = r
+    return records

@@ -1,0 +1,208 @@
+"""Router over an in-process group: FakeOrigin, real DiskStores, FakePeers between them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from cachenode.blocks import BlockRef, ObjectMeta
+from cachenode.config import NodeConfig
+from cachenode.errors import BlockNotCached, OriginNotFound, PeerUnavailable
+from cachenode.fill import Filler
+from cachenode.metrics import NodeMetrics
+from cachenode.routing import Fetched, Router
+from cachenode.store.disk import DiskStore, OpenBlock
+from tests.fakes import FakeOrigin
+
+BS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Rec:
+    grpc: str
+    weight: int = 100
+    state: str = "up"
+
+
+class FakePeers:
+    """Deliver read_block calls to the routers of the group, by address; addresses can die."""
+
+    def __init__(self, group: Group, me: str) -> None:
+        self._group, self._me = group, me
+        self.calls: list[tuple[str, int, bool]] = []  # (addr, block index, cached_only)
+
+    def is_down(self, addr: str) -> bool:
+        return addr in self._group.dead
+
+    def forget(self, keep: set[str]) -> None:
+        pass
+
+    async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
+                         cached_only: bool = False) -> bytes:
+        self.calls.append((addr, ref.index, cached_only))
+        if addr in self._group.dead:
+            raise PeerUnavailable(addr, "connection refused")
+        node = self._group.nodes[addr]
+        if cached_only:
+            data = await node.filler.read_stored_bytes(ref)
+            if data is None:
+                raise BlockNotCached(ref.block_id)
+            return data
+        return await node.router.read_block_bytes(ref, hops=hops)
+
+
+class Node:
+    def __init__(self, group: Group, name: str, tmp_path: Path) -> None:
+        self.config = NodeConfig(data_dir=tmp_path / name, block_size_bytes=BS,
+                                 capacity_bytes=256 * BS, node_id=name)
+        self.metrics = NodeMetrics()
+        self.store = DiskStore(self.config.data_dir, self.config.capacity_bytes, self.metrics)
+        self.store.open()
+        self.filler = Filler(self.config, group.origin, self.store, self.metrics)
+        self.peers = FakePeers(group, name)
+        self.router = Router(name, self.filler, self.metrics, self.peers)
+
+    async def read(self, ref: BlockRef) -> bytes:
+        got = await self.router.read_block(ref)
+        if isinstance(got, Fetched):
+            return got.data
+        try:
+            import os
+            return os.pread(got.fd, got.size, 0)
+        finally:
+            got.close()
+
+    async def close(self) -> None:
+        await self.filler.close()
+        self.store.close()
+
+
+class Group:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.origin = FakeOrigin()
+        self.nodes: dict[str, Node] = {}
+        self.dead: set[str] = set()
+        self.epoch = 0
+
+    def add(self, name: str) -> Node:
+        self.nodes[name] = Node(self, name, self.tmp_path)
+        self.publish()
+        return self.nodes[name]
+
+    def publish(self, members: Mapping[str, Rec] | None = None) -> None:
+        self.epoch += 1
+        members = members or {n: Rec(n) for n in self.nodes if n not in self.dead}
+        for node in self.nodes.values():
+            node.router.update(members, self.epoch)
+
+    def gets(self) -> int:
+        return sum(self.origin.gets.values())
+
+    async def flush(self) -> None:
+        for n in self.nodes.values():
+            await n.filler.flush()
+
+
+@pytest_asyncio.fixture
+async def group(tmp_path: Path) -> AsyncIterator[Group]:
+    g = Group(tmp_path)
+    for name in ("a", "b", "c"):
+        g.add(name)
+    yield g
+    for n in g.nodes.values():
+        await n.close()
+
+
+def blob(size: int) -> bytes:
+    return bytes((i * 31 + (i >> 9)) % 251 for i in range(size))
+
+
+def obj(group: Group, size: int = 24 * BS, key: str = "model.bin") -> tuple[ObjectMeta, bytes]:
+    data = blob(size)
+    etag = group.origin.put("bkt", key, data)
+    return ObjectMeta("bkt", key, size, etag), data
+
+
+@pytest.mark.asyncio
+async def test_any_node_serves_every_block_with_one_origin_get_each(group: Group) -> None:
+    meta, data = obj(group)
+    refs = [BlockRef(meta, i, BS) for i in range(24)]
+    reads = [n.read(r) for r in refs for n in group.nodes.values() for _ in range(3)]
+    got = await asyncio.gather(*reads)
+    for i, g in enumerate(got):
+        r = refs[i // 9]
+        assert g == data[r.start:r.start + r.length]
+    assert group.gets() == 24  # only owners fill: one GET per block across the group
+    owners = {r.index: group.nodes["a"].router.owners(r)[0] for r in refs}
+    await group.flush()
+    for r in refs:  # each block is stored on its owner only
+        holders = {name for name, n in group.nodes.items() if n.filler.stored(r) is not None
+                   and not n.filler.stored(r).close()}  # type: ignore[func-returns-value]
+        assert holders == {owners[r.index]}
+    assert len(set(owners.values())) == 3  # 24 blocks spread over all three
+
+
+@pytest.mark.asyncio
+async def test_dead_owner_fails_over_to_the_next_owner(group: Group) -> None:
+    meta, data = obj(group)
+    refs = [BlockRef(meta, i, BS) for i in range(24)]
+    group.dead.add("b")  # b died; the others have not noticed yet (ring unchanged)
+    got = await asyncio.gather(*(group.nodes["a"].read(r) for r in refs))
+    assert b"".join(got) == data
+    via_b = [r for r in refs if group.nodes["a"].router.owners(r)[0] == "b"]
+    assert via_b, "some blocks must be owned by b"
+    assert group.gets() == 24
+
+
+@pytest.mark.asyncio
+async def test_forwarded_reads_are_served_where_they_land(group: Group) -> None:
+    meta, data = obj(group, 2 * BS)
+    ref = BlockRef(meta, 0, BS)
+    owner = group.nodes["a"].router.owners(ref)[0]
+    other = next(n for n in group.nodes if n != owner)
+    # a forwarded request (hops=1) is never forwarded again, even by a non-owner
+    got = await group.nodes[other].router.read_block_bytes(ref, hops=1)
+    assert got == data[:BS]
+    forwards = [c for p in group.nodes.values() for c in p.peers.calls if not c[2]]
+    assert forwards == []  # (a handoff question to the previous owner is allowed)
+
+
+@pytest.mark.asyncio
+async def test_join_hands_blocks_off_instead_of_refetching(group: Group) -> None:
+    meta, data = obj(group, 48 * BS)
+    refs = [BlockRef(meta, i, BS) for i in range(48)]
+    await asyncio.gather(*(group.nodes["a"].read(r) for r in refs))
+    await group.flush()
+    assert group.gets() == 48
+    d = group.add("d")  # the ring changes: some blocks now belong to d
+    moved = [r for r in refs if d.router.owners(r)[0] == "d"]
+    assert 0 < len(moved) < 48
+    got = await asyncio.gather(*(n.read(r) for r in refs for n in group.nodes.values()))
+    assert all(g == data[refs[i // 4].start:refs[i // 4].start + BS] for i, g in enumerate(got))
+    assert group.gets() == 48  # moved blocks came from their previous owners' disks
+    assert d.metrics.value("blockcache_handoffs_total", result="hit") == len(moved)
+
+
+@pytest.mark.asyncio
+async def test_errors_of_the_owner_reach_the_reader(group: Group) -> None:
+    meta = ObjectMeta("bkt", "missing", 3 * BS, '"x"')
+    for i in range(3):
+        with pytest.raises(OriginNotFound):
+            await group.nodes["a"].read(BlockRef(meta, i, BS))
+
+
+@pytest.mark.asyncio
+async def test_draining_nodes_leave_the_ring_but_still_answer(group: Group) -> None:
+    meta, data = obj(group)
+    refs = [BlockRef(meta, i, BS) for i in range(24)]
+    group.publish({"a": Rec("a"), "b": Rec("b"), "c": Rec("c", state="draining")})
+    assert all("c" not in group.nodes["a"].router.owners(r) for r in refs)
+    got = await asyncio.gather(*(group.nodes["c"].read(r) for r in refs))
+    assert b"".join(got) == data
+    assert not isinstance(await group.nodes["c"].router.read_block(refs[0]), OpenBlock)
