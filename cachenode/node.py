@@ -140,6 +140,8 @@ class CacheNode:
                                      lease_ttl_s=self.config.lease_ttl_s, on_change=changed)
         await self.membership.start()
         self._stack.push_async_callback(self.membership.close)
+        m = self.membership
+        self.metrics.membership_healthy.set_function(lambda: float(m.healthy))
         self.router.update(self.membership.members, self.membership.epoch)
 
     async def _start_grpc(self) -> None:

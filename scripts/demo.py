@@ -1,4 +1,6 @@
-"""Run the local stack: SeaweedFS + one cache node; warm-read a generated model and read it back."""
+"""Run the local stack: SeaweedFS + etcd + a group of 3 cache nodes; read a generated model
+through it cold (ring-aware client), warm (plain HTTP range GETs via one node) and with
+`cachectl get`, verifying every byte against the origin."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import argparse
 import asyncio
 import hashlib
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -18,7 +19,9 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from tests.servers import SeaweedFS, free_port  # noqa: E402
+from client import CacheClient  # noqa: E402
+from tests.cluster import LocalGroup  # noqa: E402
+from tests.servers import Etcd, SeaweedFS  # noqa: E402
 
 BUCKET, PREFIX = "models", "demo-llm/v1/"
 PART = 4 * 1024 * 1024
@@ -99,79 +102,80 @@ async def read_model(base: str, files: dict[str, Path], parallel: int) -> float:
     return time.monotonic() - t0
 
 
-async def metric(base: str, name: str) -> float:
-    """Return the sum of a metric's samples from the node's /metrics."""
-    async with aiohttp.ClientSession() as s, s.get(f"{base}/metrics") as r:
-        text = await r.text()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30) -> None:
-    """Wait until the node answers /readyz, or fail with its exit status."""
-    import urllib.request
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"cachenode exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit("cachenode did not become ready in time")
+async def read_with_client(seeds: list[str], files: dict[str, Path], parallel: int) -> float:
+    """Read every file with the ring-aware client (blocks from their owners); return seconds."""
+    t0 = time.monotonic()
+    async with CacheClient(seeds, concurrency=parallel) as c:
+        for key, path in files.items():
+            info = await c.stat(BUCKET, key)
+            h = hashlib.sha256()
+            async for data in c.iter_range(info):
+                h.update(data)
+            if h.hexdigest() != sha256_file(path):
+                raise SystemExit(f"MISMATCH: {key} read through the cache differs from origin")
+    return time.monotonic() - t0
 
 
 def main() -> int:
     """Run the demo."""
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--size-mib", type=int, default=384, help="model size to generate")
-    ap.add_argument("--parallel", type=int, default=8, help="range GETs in flight per file")
+    ap.add_argument("--nodes", type=int, default=3, help="cache nodes in the group")
+    ap.add_argument("--parallel", type=int, default=8, help="blocks in flight per file")
     ap.add_argument("--keep", action="store_true", help="keep serving until Ctrl-C")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="blockcache-demo-") as tmp:
         work = Path(tmp)
         print(f"generating a {args.size_mib} MiB demo model ...")
         files = make_model(work / "model", args.size_mib)
-        s3 = SeaweedFS(work / "seaweedfs")
-        s3.start()
-        node = None
-        try:
-            print(f"SeaweedFS S3 on {s3.endpoint_url}; uploading s3://{BUCKET}/{PREFIX}")
+        with SeaweedFS(work / "seaweedfs") as s3, Etcd(work / "etcd") as etcd:
+            print(f"SeaweedFS S3 on {s3.endpoint_url}, etcd on {etcd.endpoint}; "
+                  f"uploading s3://{BUCKET}/{PREFIX}")
             s3.make_bucket(BUCKET)
             for key, path in files.items():
                 s3.put_file(BUCKET, key, path)
-            http = free_port()
-            node = subprocess.Popen(
-                [str(Path(sys.executable).parent / "cachenode"), "--data-dir",
-                 str(work / "node"), "--capacity", "2GiB", "--http", f"127.0.0.1:{http}",
-                 "--grpc", f"127.0.0.1:{free_port()}", "--log-level", "WARNING"],
-                env={**os.environ, **s3.env()})
-            base = f"http://127.0.0.1:{http}"
-            wait_ready(base, node)
-            print(f"cachenode on {base}")
-            cold = asyncio.run(read_model(base, files, args.parallel))
-            gets_cold = asyncio.run(metric(base, "blockcache_origin_requests_total"))
-            warm = asyncio.run(read_model(base, files, args.parallel))
-            gets_warm = asyncio.run(metric(base, "blockcache_origin_requests_total"))
-            hits = asyncio.run(metric(base, "blockcache_block_hits_total"))
-            mib = sum(p.stat().st_size for p in files.values()) / 2**20
-            print(f"cold read through the cache: {mib:.0f} MiB in {cold:.2f}s "
-                  f"({mib / cold:.0f} MiB/s), {gets_cold:.0f} origin requests")
-            print(f"warm read (all hits):        {mib:.0f} MiB in {warm:.2f}s "
-                  f"({mib / warm:.0f} MiB/s), {gets_warm - gets_cold:.0f} origin requests, "
-                  f"{hits:.0f} block hits")
-            print("every byte verified against the origin (SHA-256): OK")
-            if args.keep:
-                print(f"serving; try: curl -r 0-99 {base}/{BUCKET}/{PREFIX}config.json")
-                node.wait()
-        finally:
-            if node is not None and node.poll() is None:
-                node.terminate()
-                node.wait(10)
-            s3.stop()
+            with LocalGroup(work / "group", s3.env(), etcd.endpoint, args.nodes,
+                            "--capacity", "2GiB", "--log-level", "WARNING",
+                            cluster="demo", site="local") as group:
+                run(group, files, args, work)
+                if args.keep:
+                    print(f"serving; try: curl -r 0-99 {group.nodes[0].url}/{BUCKET}/"
+                          f"{PREFIX}config.json   (Ctrl-C to stop)")
+                    try:
+                        group.nodes[0].proc.wait()  # type: ignore[union-attr]
+                    except KeyboardInterrupt:
+                        pass
     return 0
+
+
+def run(group: LocalGroup, files: dict[str, Path], args: argparse.Namespace,
+        work: Path) -> None:
+    """Show the ring, read the model cold, warm and with cachectl get; print the figures."""
+    cachectl = str(Path(sys.executable).parent / "cachectl")
+    seeds = ",".join(group.seeds)
+    print(f"cache group of {len(group.nodes)} nodes registered in etcd:")
+    subprocess.run([cachectl, "--nodes", seeds, "ring"], check=True)
+    mib = sum(p.stat().st_size for p in files.values()) / 2**20
+    cold = asyncio.run(read_with_client(group.seeds, files, args.parallel))
+    gets_cold = group.metric("blockcache_origin_requests_total", op="get")
+    base = group.nodes[0].url
+    warm = asyncio.run(read_model(base, files, args.parallel))
+    gets_warm = group.metric("blockcache_origin_requests_total", op="get")
+    blocks = sum(-(-p.stat().st_size // PART) for p in files.values())
+    print(f"cold read, ring-aware client:  {mib:.0f} MiB in {cold:.2f}s ({mib / cold:.0f} MiB/s), "
+          f"{gets_cold:.0f} origin GETs for {blocks} blocks")
+    print(f"warm read, HTTP via one node:  {mib:.0f} MiB in {warm:.2f}s ({mib / warm:.0f} MiB/s), "
+          f"{gets_warm - gets_cold:.0f} origin GETs")
+    per_node = [int(n.metric("blockcache_store_blocks")) for n in group.nodes]
+    print(f"blocks per node: {per_node} (each block stored once, on its owner)")
+    out = work / "download"
+    subprocess.run([cachectl, "--nodes", seeds, "get", f"s3://{BUCKET}/{PREFIX}", str(out)],
+                   check=True, stdout=subprocess.DEVNULL)
+    for key, path in files.items():
+        if sha256_file(out / key[len(PREFIX):]) != sha256_file(path):
+            raise SystemExit(f"MISMATCH: cachectl get of {key}")
+    print(f"cachectl get s3://{BUCKET}/{PREFIX} -> {len(files)} files")
+    print("every byte verified against the origin (SHA-256): OK")
 
 
 if __name__ == "__main__":

