@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.s3proxy import CountingProxy
-from tests.servers import SeaweedFS
+from tests.servers import Etcd, SeaweedFS
 
 _bucket_ids = itertools.count()
 
@@ -32,3 +32,10 @@ def proxy(s3: SeaweedFS) -> Iterator[CountingProxy]:
     """Run a CountingProxy in front of the session's S3 server."""
     with CountingProxy(s3.endpoint_url) as p:
         yield p
+
+
+@pytest.fixture(scope="session")
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    """Start one etcd for the whole session (tests that stop etcd should start their own)."""
+    with Etcd(tmp_path_factory.mktemp("etcd")) as server:
+        yield server
