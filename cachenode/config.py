@@ -130,7 +130,8 @@ class NodeConfig:
         "--node-id", "stable node id (a StatefulSet pod name): a restarted node owns the "
         "same blocks", _name))
     weight: int = field(default=100, metadata=_opt(
-        "--weight", "share of the ring relative to other nodes (100 = a normal node, 200 = twice its blocks)", int))
+        "--weight", "share of the ring relative to other nodes (100 = a normal node, 200 = "
+        "twice its blocks; 0 = owns nothing)", int))
     advertise_host: str = field(default="", metadata=_opt(
         "--advertise-host", "host other nodes and clients use to reach this one; empty = "
         "the --http host, or this machine's name if that is 0.0.0.0", str))

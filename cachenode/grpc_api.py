@@ -31,6 +31,7 @@ from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
 from cachenode.peers import ERROR_KEY
 from cachenode.service import BlockService, Chunk, MemChunk
+from cachenode.singleflight import FlightCancelled
 
 CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
 GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
@@ -46,6 +47,7 @@ GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
     BlockNotCached: grpc.StatusCode.NOT_FOUND,
     DiskUnavailable: grpc.StatusCode.UNAVAILABLE,
     Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    FlightCancelled: grpc.StatusCode.UNAVAILABLE,
 }
 
 

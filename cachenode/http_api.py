@@ -33,6 +33,7 @@ from cachenode.metrics import NodeMetrics
 from cachenode.ranges import Span, parse_range
 from cachenode.sendfile import SocketSender
 from cachenode.service import BlockService, Chunk, FileChunk
+from cachenode.singleflight import FlightCancelled
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("cachenode.access")
@@ -49,6 +50,7 @@ HTTP_STATUS: dict[type[CacheError], int] = {
     StoreFull: 503,
     DiskUnavailable: 503,
     Overloaded: 503,
+    FlightCancelled: 503,
 }
 
 
@@ -62,7 +64,10 @@ def status_of(err: CacheError) -> int:
 
 def error_response(err: CacheError) -> web.Response:
     """Return a JSON error response with the reason a person can act on."""
-    headers = {"X-Blockcache-Error": type(err).__name__}
+    reason = str(err).encode("ascii", "backslashreplace").decode()
+    headers = {"X-Blockcache-Error": type(err).__name__,  # HEAD responses have no body
+               "X-Blockcache-Reason": "".join(c if " " <= c < "\x7f" else "?"
+                                              for c in reason[:300])}
     if isinstance(err, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{err.size}"
     if status_of(err) == 503:

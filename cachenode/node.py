@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5.0
+LAG_PROBE_S, LAG_WARN_S = 0.25, 1.0  # event loop lag probe period, warning threshold
+DRAIN_WAIT_S = 1.0  # after marking itself draining, before leaving the ring
 
 
 class CacheNode:
@@ -81,6 +84,8 @@ class CacheNode:
             if self.peers is not None:
                 self._stack.push_async_callback(self.peers.close)
                 await self._join()
+            lag = asyncio.ensure_future(self._watch_loop_lag())
+            self._stack.callback(lag.cancel)
         except BaseException:
             await self._stack.aclose()
             raise
@@ -144,6 +149,19 @@ class CacheNode:
         self.metrics.membership_healthy.set_function(lambda: float(m.healthy))
         self.router.update(self.membership.members, self.membership.epoch)
 
+    async def _watch_loop_lag(self) -> None:
+        """Measure how late the event loop runs a timer; warn when it stalls (leases!)."""
+        warned = 0.0
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(LAG_PROBE_S)
+            lag = time.monotonic() - t0 - LAG_PROBE_S
+            self.metrics.loop_lag.observe(lag)
+            if lag > LAG_WARN_S and time.monotonic() - warned > 10:
+                warned = time.monotonic()
+                log.warning("event loop stalled for %.2fs (lease TTL %gs)", lag,
+                            self.config.lease_ttl_s)
+
     async def _start_grpc(self) -> None:
         from cachenode.grpc_api import start_grpc_server  # grpc stays out of pure imports
 
@@ -158,4 +176,10 @@ class CacheNode:
     async def close(self) -> None:
         """Leave the ring, stop accepting, drain for a grace period, close store and origin."""
         self._serving = False
+        if self.membership is not None:
+            try:  # peers stop routing here, while requests already sent still get answers
+                await asyncio.wait_for(self.membership.set_state("draining"), DRAIN_WAIT_S)
+                await asyncio.sleep(DRAIN_WAIT_S)
+            except Exception as e:
+                log.warning("could not mark %s draining: %s", self.config.node_id, e)
         await self._stack.aclose()

@@ -23,6 +23,7 @@ from cachenode.pb import blockcache_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 ERROR_KEY = "blockcache-error"  # trailing metadata: the CacheError class name
 PEER_DOWN_S = 2.0  # after a transport failure, skip the peer this long
+FORGET_AFTER_S = 60.0  # close the channel of a peer that left the group this long ago
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 5000),
@@ -40,6 +41,7 @@ class PeerClient:
         self._metrics, self._timeout_s = metrics, timeout_s
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.BlockCacheStub]] = {}
         self._down_until: dict[str, float] = {}  # guarded by the loop
+        self._gone_since: dict[str, float] = {}  # addresses that left the group, and when
 
     async def close(self) -> None:
         """Close every channel."""
@@ -48,11 +50,17 @@ class PeerClient:
                              return_exceptions=True)
 
     def forget(self, keep: set[str]) -> None:
-        """Close channels to addresses no longer in the group."""
+        """Close channels to addresses out of the group for a while (calls on them may run)."""
+        now = time.monotonic()
+        for addr in keep:
+            self._gone_since.pop(addr, None)
         for addr in [a for a in self._channels if a not in keep]:
-            ch, _ = self._channels.pop(addr)
-            asyncio.ensure_future(ch.close())
-            self._down_until.pop(addr, None)
+            since = self._gone_since.setdefault(addr, now)
+            if now - since > FORGET_AFTER_S:  # a membership flap keeps its channel
+                ch, _ = self._channels.pop(addr)
+                asyncio.ensure_future(ch.close(grace=self._timeout_s))
+                self._gone_since.pop(addr, None)
+                self._down_until.pop(addr, None)
 
     def is_down(self, addr: str) -> bool:
         """Return whether a recent transport failure says to skip this peer for now."""
@@ -88,6 +96,11 @@ class PeerClient:
                 parts.append(chunk.data)
                 got += len(chunk.data)
                 crc = zlib.crc32(chunk.data, crc)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller gave up
+            raise self._failed(addr, "call cancelled (channel closed)") from None
         except grpc.aio.AioRpcError as e:
             name = dict(e.trailing_metadata() or ()).get(ERROR_KEY)
             if name:

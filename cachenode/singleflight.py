@@ -7,7 +7,17 @@ import functools
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from cachenode.errors import CacheError
+
 T = TypeVar("T")
+
+
+class FlightCancelled(CacheError):
+    """The shared call a caller waited for was cancelled by someone else."""
+
+    def __init__(self, key: Hashable) -> None:
+        super().__init__(key)
+        self.reason = f"the shared fill of {key!r} was cancelled (node shutting down?)"
 
 
 class SingleFlight(Generic[T]):
@@ -36,7 +46,16 @@ class SingleFlight(Generic[T]):
             task = asyncio.ensure_future(fn())
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
-        return await asyncio.shield(task), shared
+        try:
+            return await asyncio.shield(task), shared
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and current is not None and not current.cancelling():
+                # The shared call was cancelled from elsewhere (shutdown, a closed channel),
+                # not this caller: report a failure rather than a cancellation it never asked
+                # for, which a server would otherwise treat as a vanished client.
+                raise FlightCancelled(key) from None
+            raise
 
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
         if self._tasks.get(key) is task:

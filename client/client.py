@@ -211,7 +211,7 @@ class CacheClient:
                             raise aiohttp.ClientPayloadError(
                                 f"{len(body)} of {span[1] - span[0]} bytes")
                         return r.headers, body
-                    text = await r.text()
+                    text = await r.text() or r.headers.get("X-Blockcache-Reason", "")
             except (aiohttp.ClientError, OSError, TimeoutError) as e:
                 self._mark_down(m, e)
                 errors.append(f"{m.id}: {e or type(e).__name__}")

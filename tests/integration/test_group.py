@@ -199,3 +199,63 @@ def test_etcd_down_nodes_keep_serving_and_rejoin(tmp_path: Path, proxy, s3, buck
         g.wait_view(3)
         g.add()
         g.wait_view(4)
+
+
+def test_cachectl_get_downloads_a_prefix_resumes_and_skips(group: LocalGroup, s3, bucket,  # type: ignore[no-untyped-def]
+                                                           etcd, tmp_path: Path) -> None:
+    files = {"llm/v1/config.json": put(s3, bucket, "llm/v1/config.json", 321, 1),
+             "llm/v1/model-1.safetensors": put(s3, bucket, "llm/v1/model-1.safetensors",
+                                               3 * BS + 17, 2),
+             "llm/v1/sub/tok.json": put(s3, bucket, "llm/v1/sub/tok.json", 0, 3)}
+    put(s3, bucket, "llm/v10/other.bin", 5, 4)  # shares the string prefix, not the folder
+    out = tmp_path / "dl"
+    # --etcd: learn the group from etcd instead of seeds
+    cmd = [CACHECTL, "--etcd", etcd.endpoint, "--cluster", group.cluster, "--site", group.site,
+           "get", f"s3://{bucket}/llm/v1/", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for key, data in files.items():
+        assert (out / key[len("llm/v1/"):]).read_bytes() == data
+    assert not (out / "other.bin").exists() and not list(out.rglob("*.part"))
+    summary = json.loads(r.stdout)
+    assert summary["files"] == 3 and summary["fetched_bytes"] == sum(map(len, files.values()))
+    # A re-run skips complete files; a cut-short part resumes at its last whole block.
+    big = out / "model-1.safetensors"
+    part = big.with_name(big.name + ".part")
+    big.rename(part)
+    with open(part, "r+b") as f:
+        f.truncate(BS + 5)
+    (out / f".{part.name}.etag").write_text((out / f".{big.name}.etag").read_text())
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert big.read_bytes() == files["llm/v1/model-1.safetensors"]
+    assert json.loads(r.stdout)["fetched_bytes"] == 2 * BS + 17
+    bad = subprocess.run([CACHECTL, "--nodes", group.seeds[0], "get", f"s3://{bucket}/nope/",
+                          str(out)], capture_output=True, text=True)
+    assert bad.returncode == 1 and "nothing under" in bad.stderr
+
+
+def test_client_errors_are_clear(group: LocalGroup, bucket) -> None:  # type: ignore[no-untyped-def]
+    r = subprocess.run([CACHECTL, "--nodes", group.seeds[2], "cat", f"s3://{bucket}/missing"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "404" in r.stderr and "no such key" in r.stderr
+    r = subprocess.run([CACHECTL, "--nodes", "127.0.0.1:1", "ring"], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "no seed node answered" in r.stderr
+
+
+def test_restart_keeps_ownership_and_blocks_and_shutdown_leaves_at_once(  # type: ignore[no-untyped-def]
+        group: LocalGroup, s3, bucket, proxy) -> None:
+    data = put(s3, bucket, "r.bin", 40 * MiB)
+    assert group.nodes[0].get(f"/{bucket}/r.bin")[2] == data
+    node = group.nodes[2]
+    t0 = time.monotonic()
+    node.stop()  # SIGTERM: draining, then the key is deleted (no wait for the lease)
+    views = group.wait_view(2)
+    assert time.monotonic() - t0 < 3.5, "a clean shutdown must not wait for the lease TTL"
+    assert all({m["id"] for m in v["members"]} == {"n0", "n1"} for v in views)
+    node.start()
+    group.wait_view(3)
+    for n in group.nodes:
+        assert n.get(f"/{bucket}/r.bin")[2] == data
+    assert range_gets(proxy, bucket, "r.bin") == 10  # n2 came back with its blocks

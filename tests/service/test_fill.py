@@ -17,6 +17,7 @@ from cachenode.config import NodeConfig
 from cachenode.errors import ObjectChanged, OriginTimeout, OriginUnavailable, Overloaded
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
+from cachenode.singleflight import FlightCancelled
 from cachenode.store.disk import DiskStore, OpenBlock
 from tests.fakes import FakeOrigin, down
 from tests.fdcheck import open_fds, settle_fds
@@ -266,7 +267,7 @@ async def test_close_cancels_fills(make_env: Callable[..., Env]) -> None:
     reader = asyncio.create_task(env.filler.read_block(BlockRef(meta, 0, BS)))
     await asyncio.sleep(0.01)
     await asyncio.wait_for(env.filler.close(), 1.0)
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(FlightCancelled):  # a clear error (503), not a silent cancellation
         await reader
 
 

@@ -234,3 +234,38 @@ async def test_read_block_with_a_wrong_object_size_stores_nothing(node: Node) ->
     assert not node.origin.gets
     chunks = await read_range(node, 0, -1)
     assert joined(chunks, 0) == node.data
+
+
+@pytest.mark.asyncio
+async def test_peer_client_reads_checked_blocks_and_maps_errors(node: Node) -> None:
+    from cachenode.blocks import BlockRef, ObjectMeta
+    from cachenode.errors import BlockNotCached, ObjectChanged, OriginNotFound, PeerUnavailable
+    from cachenode.metrics import NodeMetrics
+    from cachenode.peers import PeerClient
+    from tests.servers import free_port
+
+    peers = PeerClient(NodeMetrics(), timeout_s=5.0)
+    addr = f"127.0.0.1:{node.node.grpc_port}"
+    meta = ObjectMeta("bkt", "model.bin", SIZE, node.etag)
+    try:
+        last = BlockRef(meta, 2, BS)
+        with pytest.raises(BlockNotCached):  # a handoff question: disk only, never a fill
+            await peers.read_block(addr, last, hops=1, epoch=1, cached_only=True)
+        assert node.origin.gets == {}
+        got = await peers.read_block(addr, last, hops=1, epoch=1)
+        assert got == node.data[2 * BS:]
+        await node.node.filler.flush()
+        assert await peers.read_block(addr, last, hops=1, epoch=1, cached_only=True) == got
+        with pytest.raises(OriginNotFound, match="no such key"):
+            await peers.read_block(addr, BlockRef(ObjectMeta("bkt", "nope", 5, '"e"'), 0, BS),
+                                   hops=1, epoch=1)
+        with pytest.raises(ObjectChanged):
+            await peers.read_block(addr, BlockRef(ObjectMeta("bkt", "model.bin", SIZE, '"old"'),
+                                                  0, BS), hops=1, epoch=1)
+        assert not peers.is_down(addr)  # the peer's answers are not transport failures
+        dead = f"127.0.0.1:{free_port()}"
+        with pytest.raises(PeerUnavailable):
+            await peers.read_block(dead, last, hops=1, epoch=1)
+        assert peers.is_down(dead)
+    finally:
+        await peers.close()

@@ -7,7 +7,7 @@ import gc
 
 import pytest
 
-from cachenode.singleflight import SingleFlight
+from cachenode.singleflight import FlightCancelled, SingleFlight
 
 
 class Call:
@@ -153,7 +153,19 @@ async def test_close_cancels_calls_in_flight() -> None:
     assert len(sf) == 2
     await asyncio.wait_for(sf.close(), 1.0)
     assert len(sf) == 0
-    for w in waiters:
-        with pytest.raises(asyncio.CancelledError):
+    for w in waiters:  # the waiters were not cancelled themselves: they get a clear error
+        with pytest.raises(FlightCancelled, match="cancelled"):
             await w
     assert call.calls == 2
+
+
+@pytest.mark.asyncio
+async def test_a_cancelled_waiter_is_cancelled_not_failed() -> None:
+    sf: SingleFlight[str] = SingleFlight()
+    call = Call()
+    waiter = asyncio.create_task(sf.do("a", call))
+    await call.started.wait()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await sf.close()
