@@ -269,3 +269,23 @@ async def test_peer_client_reads_checked_blocks_and_maps_errors(node: Node) -> N
         assert peers.is_down(dead)
     finally:
         await peers.close()
+
+
+@pytest.mark.asyncio
+async def test_closing_a_channel_under_a_call_is_a_peer_failure_not_a_cancel(node: Node) -> None:
+    import asyncio
+
+    from cachenode.blocks import BlockRef, ObjectMeta
+    from cachenode.errors import PeerUnavailable
+    from cachenode.metrics import NodeMetrics
+    from cachenode.peers import PeerClient
+
+    node.origin.delay_s = 1.0
+    peers = PeerClient(NodeMetrics(), timeout_s=5.0)
+    ref = BlockRef(ObjectMeta("bkt", "model.bin", SIZE, node.etag), 0, BS)
+    call = asyncio.ensure_future(peers.read_block(f"127.0.0.1:{node.node.grpc_port}", ref,
+                                                  hops=1, epoch=1))
+    await asyncio.sleep(0.2)
+    await peers.close()  # e.g. the peer left the group while we were reading from it
+    with pytest.raises(PeerUnavailable):
+        await call
