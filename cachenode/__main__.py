@@ -14,6 +14,7 @@ import uvloop
 
 from cachenode.config import ConfigError, NodeConfig
 from cachenode.errors import CacheError
+from cachenode.membership import MembershipError
 from cachenode.node import CacheNode
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         uvloop.run(serve(config))
-    except (OSError, CacheError) as e:
+    except (OSError, CacheError, MembershipError) as e:
         print(f"cachenode: cannot start: {e}", file=sys.stderr)
         return 1
     return 0

@@ -142,6 +142,9 @@ class NodeConfig:
     lease_ttl_s: float = field(default=10.0, metadata=_opt(
         "--lease-ttl", "etcd lease of the node's registration: a node that dies leaves the "
         "ring this long after", parse_duration))
+    etcd_connect_timeout_s: float = field(default=30.0, metadata=_opt(
+        "--etcd-connect-timeout", "how long a starting node waits for etcd before it gives up",
+        parse_duration))
     log_level: str = field(default="INFO", metadata=_opt(
         "--log-level", "DEBUG, INFO, WARNING or ERROR", str.upper))
 
@@ -167,6 +170,8 @@ class NodeConfig:
             raise ConfigError("--weight must not be negative")
         if self.peer_timeout_s <= 0:
             raise ConfigError("--peer-timeout must be more than 0")
+        if self.etcd_connect_timeout_s <= 0:
+            raise ConfigError("--etcd-connect-timeout must be more than 0")
         if self.lease_ttl_s < 2:
             raise ConfigError("--lease-ttl must be at least 2s")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):

@@ -142,7 +142,8 @@ class CacheNode:
 
         self.membership = Membership(list(self.config.etcd_endpoints), self.config.cluster,
                                      self.config.site, self.record(),
-                                     lease_ttl_s=self.config.lease_ttl_s, on_change=changed)
+                                     lease_ttl_s=self.config.lease_ttl_s, on_change=changed,
+                                     connect_timeout_s=self.config.etcd_connect_timeout_s)
         await self.membership.start()
         self._stack.push_async_callback(self.membership.close)
         m = self.membership

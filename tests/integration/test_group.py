@@ -259,3 +259,14 @@ def test_restart_keeps_ownership_and_blocks_and_shutdown_leaves_at_once(  # type
     for n in group.nodes:
         assert n.get(f"/{bucket}/r.bin")[2] == data
     assert range_gets(proxy, bucket, "r.bin") == 10  # n2 came back with its blocks
+
+
+def test_a_node_without_etcd_fails_to_start_with_a_clear_error(tmp_path: Path, s3) -> None:  # type: ignore[no-untyped-def]
+    from tests.nodeproc import NodeProcess
+    from tests.servers import free_port
+
+    node = NodeProcess(tmp_path / "n", s3.env(), "--etcd", f"http://127.0.0.1:{free_port()}",
+                       "--etcd-connect-timeout", "1s")
+    with pytest.raises(RuntimeError, match="cannot start: etcd at .* not reachable within 1s"):
+        node.start()
+    assert node.proc is not None and node.proc.wait(5) == 1
