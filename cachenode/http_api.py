@@ -221,6 +221,10 @@ class HttpApi:
             return web.Response(status=status, headers=headers)
         async with aclosing(self._service.chunks(meta, span.start, span.end)) as chunks:
             first = await anext(chunks)  # errors before the headers still get a status
+            if (isinstance(first, FileChunk) and first.offset == 0
+                    and first.length == first.block.size == length):
+                # One whole stored block: its recorded crc32 lets a client check the bytes.
+                headers["X-Blockcache-Crc32"] = str(first.block.crc32)
             try:
                 resp = web.StreamResponse(status=status, headers=headers)
                 resp.content_length = length

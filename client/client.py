@@ -14,6 +14,7 @@ import json
 import logging
 import time
 import urllib.parse
+import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class CacheClient:
         self._learned = 0.0
         self._down_until: dict[str, float] = {}
         self.failovers = 0  # requests moved to another node after one failed
+        self.corrupt = 0  # blocks that failed the crc32 their node recorded
 
     async def __aenter__(self) -> CacheClient:
         await self.start()
@@ -210,6 +212,10 @@ class CacheClient:
                         if span and len(body) != span[1] - span[0]:
                             raise aiohttp.ClientPayloadError(
                                 f"{len(body)} of {span[1] - span[0]} bytes")
+                        crc = r.headers.get("X-Blockcache-Crc32")
+                        if crc is not None and zlib.crc32(body) != int(crc):
+                            self.corrupt += 1
+                            raise aiohttp.ClientPayloadError("block failed its crc32")
                         return r.headers, body
                     text = await r.text() or r.headers.get("X-Blockcache-Reason", "")
             except (aiohttp.ClientError, OSError, TimeoutError) as e:

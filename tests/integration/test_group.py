@@ -270,3 +270,25 @@ def test_a_node_without_etcd_fails_to_start_with_a_clear_error(tmp_path: Path, s
     with pytest.raises(RuntimeError, match="cannot start: etcd at .* not reachable within 1s"):
         node.start()
     assert node.proc is not None and node.proc.wait(5) == 1
+
+
+def test_client_checks_block_crc_and_fails_over_from_a_corrupt_disk(group: LocalGroup, s3,  # type: ignore[no-untyped-def]
+                                                                    bucket, proxy) -> None:
+    data = put(s3, bucket, "c.bin", 2 * BS)
+
+    async def read() -> tuple[bytes, int]:
+        async with CacheClient(group.seeds, concurrency=2) as c:
+            info = await c.stat(bucket, "c.bin")
+            return await c.read_range(info), c.corrupt
+
+    assert asyncio.run(read()) == (data, 0)
+    etag = group.nodes[0].get(f"/{bucket}/c.bin", method="HEAD")[1]["etag"]
+    bid = block_id(bucket, "c.bin", etag, 0, BS)
+    files = [f for n in group.nodes for f in (n.data_dir / "blocks").rglob(bid)]
+    assert len(files) == 1  # stored once, on its owner
+    with open(files[0], "r+b") as f:  # bit rot: same size, other bytes
+        f.seek(1000)
+        f.write(b"\xff" * 16)
+    got, corrupt = asyncio.run(read())
+    assert got == data and corrupt == 1  # detected, and served by another node
+    assert range_gets(proxy, bucket, "c.bin") == 3  # the owner dropped and refilled it once
