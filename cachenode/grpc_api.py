@@ -113,6 +113,8 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
             if request.index >= block_count(meta.size, self._block_size):
                 raise RangeNotSatisfiable(f"block {request.index}", meta.size)
             ref = BlockRef(meta, request.index, self._block_size)
+            if request.ring_epoch and request.ring_epoch != self._service.router.epoch:
+                self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
             data = await self._block_bytes(ref, request)
             crc = zlib.crc32(data)
             for i in range(0, len(data), CHUNK_BYTES):

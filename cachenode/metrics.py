@@ -64,6 +64,9 @@ class NodeMetrics:
         self.loop_lag = Histogram(p + "loop_lag_seconds", "How late the event loop ran a "
                                   "timer (stalls delay etcd keepalives and every request)",
                                   buckets=_LATENCY_BUCKETS, registry=r)
+        self.epoch_mismatches = Counter(p + "ring_epoch_mismatches",
+                                        "Forwarded reads whose sender saw another ring epoch",
+                                        registry=r)
         self.ring_nodes = Gauge(p + "ring_nodes", "Nodes on this node's ring (up)", registry=r)
         self.membership_healthy = Gauge(p + "membership_healthy",
                                         "1 while registered in etcd, 0 while etcd is out of "
