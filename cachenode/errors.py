@@ -77,6 +77,10 @@ class ObjectChanged(CacheError):
         self.reason = f"s3://{bucket}/{key} changed at origin (pinned ETag {etag} is stale)"
 
 
+class PreconditionFailed(ObjectChanged):
+    """The reader pinned a version (If-Match) that the origin no longer has."""
+
+
 class StoreFull(CacheError):
     """No space could be freed for a new block (everything is in use)."""
 

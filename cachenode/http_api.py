@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import urllib.parse
+import zlib
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
@@ -17,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cachenode.blocks import ObjectMeta
 from cachenode.errors import (
     BadRequest,
+    BlockNotCached,
     CacheError,
     DiskUnavailable,
     MalformedRange,
@@ -26,13 +28,15 @@ from cachenode.errors import (
     OriginTimeout,
     OriginUnavailable,
     Overloaded,
+    PreconditionFailed,
     RangeNotSatisfiable,
     StoreFull,
 )
 from cachenode.metrics import NodeMetrics
+from cachenode.peers_http import CACHED_ONLY, CRC, HOPS
 from cachenode.ranges import Span, parse_range
 from cachenode.sendfile import SocketSender
-from cachenode.service import BlockService, Chunk, FileChunk
+from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
 from cachenode.singleflight import FlightCancelled
 
 log = logging.getLogger(__name__)
@@ -47,6 +51,8 @@ HTTP_STATUS: dict[type[CacheError], int] = {
     OriginUnavailable: 502,
     OriginTimeout: 503,
     ObjectChanged: 503,
+    PreconditionFailed: 412,
+    BlockNotCached: 404,
     StoreFull: 503,
     DiskUnavailable: 503,
     Overloaded: 503,
@@ -109,6 +115,11 @@ def object_headers(meta: ObjectMeta) -> dict[str, str]:
         "Accept-Ranges": "bytes",
         "Content-Type": "application/octet-stream",
     }
+
+
+def _small_int(text: str | None) -> int:
+    """Return a small non-negative header integer (0 if absent or not a number)."""
+    return min(int(text), 16) if text is not None and text.isdigit() and len(text) < 4 else 0
 
 
 def _abort(request: web.Request) -> None:
@@ -194,15 +205,17 @@ class HttpApi:
             for attempt in (1, 2):
                 try:
                     return await self._serve(request, bucket, key)
-                except ObjectChanged:
-                    if attempt == 2:
-                        raise  # changed twice in a row; let the reader retry
+                except ObjectChanged as e:
+                    if attempt == 2 or isinstance(e, PreconditionFailed):
+                        raise  # changed twice in a row (let the reader retry), or If-Match
             raise AssertionError("unreachable")
         except CacheError as e:
             return error_response(e)
 
     async def _serve(self, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-        meta = await self._service.stat(bucket, key)
+        meta = await self._pinned(request, bucket, key)
+        hops = _small_int(request.headers.get(HOPS))
+        cached_only = request.headers.get(CACHED_ONLY) == "1"
         headers = object_headers(meta)
         status, span = 200, Span(0, meta.size - 1)
         rng = request.headers.get("Range")
@@ -219,12 +232,15 @@ class HttpApi:
         if request.method == "HEAD" or length == 0:
             headers["Content-Length"] = str(length)
             return web.Response(status=status, headers=headers)
-        async with aclosing(self._service.chunks(meta, span.start, span.end)) as chunks:
+        async with aclosing(self._service.chunks(meta, span.start, span.end, hops,
+                                                 cached_only)) as chunks:
             first = await anext(chunks)  # errors before the headers still get a status
             if (isinstance(first, FileChunk) and first.offset == 0
                     and first.length == first.block.size == length):
                 # One whole stored block: its recorded crc32 lets a client check the bytes.
-                headers["X-Blockcache-Crc32"] = str(first.block.crc32)
+                headers[CRC] = str(first.block.crc32)
+            elif hops and isinstance(first, MemChunk) and len(first.data) == length:
+                headers[CRC] = str(zlib.crc32(first.data))  # a peer checks every block
             try:
                 resp = web.StreamResponse(status=status, headers=headers)
                 resp.content_length = length
@@ -257,6 +273,18 @@ class HttpApi:
                 sender.close()
             await resp.write_eof()
             return resp
+
+    async def _pinned(self, request: web.Request, bucket: str, key: str) -> ObjectMeta:
+        """Return the object's metadata; with If-Match, only if it still has that ETag."""
+        meta = await self._service.stat(bucket, key)
+        want = request.headers.get("If-Match")
+        if want is None or want.strip() in ("*", meta.etag):
+            return meta
+        self._service.invalidate(bucket, key)  # ours may be the stale one
+        meta = await self._service.stat(bucket, key)
+        if want.strip() != meta.etag:
+            raise PreconditionFailed(bucket, key, want.strip())
+        return meta
 
     async def _send(self, sender: SocketSender, chunk: Chunk) -> None:
         if isinstance(chunk, FileChunk):

@@ -18,7 +18,7 @@ from cachenode.fill import Filler
 from cachenode.http_api import HttpApi
 from cachenode.metrics import NodeMetrics
 from cachenode.origin_s3 import S3Origin
-from cachenode.peers import PeerClient
+from cachenode.peers_http import HttpPeerClient
 from cachenode.ports import Origin
 from cachenode.routing import Router
 from cachenode.service import BlockService
@@ -45,7 +45,7 @@ class CacheNode:
         self.origin: Origin = origin if origin is not None else self._s3  # type: ignore[assignment]
         self.filler = Filler(config, self.origin, self.store, self.metrics)
         grouped = bool(config.etcd_endpoints)
-        self.peers = PeerClient(self.metrics, config.peer_timeout_s) if grouped else None
+        self.peers = HttpPeerClient(self.metrics, config.peer_timeout_s) if grouped else None
         self.router = Router(config.node_id, self.filler, self.metrics, self.peers)
         self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router)
         self.membership: Membership | None = None

@@ -15,7 +15,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cachenode.blocks import BlockRef
-from cachenode.errors import CacheError, DiskUnavailable, Overloaded, PeerUnavailable, StoreFull
+from cachenode.errors import (
+    BlockNotCached,
+    CacheError,
+    DiskUnavailable,
+    Overloaded,
+    PeerUnavailable,
+    StoreFull,
+)
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.ring import EmptyRing, Ring
@@ -32,7 +39,7 @@ class Member(Protocol):
     """What routing needs of a membership record."""
 
     @property
-    def grpc(self) -> str: ...
+    def http(self) -> str: ...
     @property
     def weight(self) -> int: ...
     @property
@@ -65,7 +72,7 @@ class Router:
         self._ring: Ring | None = None  # None: this node serves everything itself
         self._prev: Ring | None = None  # the ring before the last change, for handoff
         self._weights: dict[str, int] = {}  # of the nodes on the current ring
-        self._addrs: dict[str, str] = {}  # node id -> gRPC address, every other member
+        self._addrs: dict[str, str] = {}  # node id -> HTTP host:port, every other member
         self.epoch = 0
         self._peer_flight: SingleFlight[bytes | None] = SingleFlight()
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # peer blocks, newest last
@@ -85,7 +92,7 @@ class Router:
             self._weights = weights
             log.info("ring epoch %d: %d nodes up of %d members", epoch, len(weights),
                      len(members))
-        self._addrs = {i: m.grpc for i, m in members.items() if i != self.node_id}
+        self._addrs = {i: m.http for i, m in members.items() if i != self.node_id}
         self.epoch = epoch
         self._metrics.ring_nodes.set(len(weights))
         if self._peers is not None:
@@ -105,12 +112,19 @@ class Router:
         except EmptyRing:
             return []
 
-    async def read_block(self, ref: BlockRef, hops: int = 0) -> OpenBlock | Fetched:
-        """Return a block as an open file (local disk; caller closes) or as fetched bytes."""
+    async def read_block(self, ref: BlockRef, hops: int = 0,
+                         cached_only: bool = False) -> OpenBlock | Fetched:
+        """Return a block as an open file (local disk; caller closes) or as fetched bytes.
+
+        `hops` > 0: another node forwarded the read; serve it here (disk, else origin).
+        `cached_only`: a handoff question; answer from disk or raise BlockNotCached.
+        """
         ob = self.filler.stored(ref)
         if ob is not None:
             self._metrics.hits.inc()
             return ob
+        if cached_only:
+            raise BlockNotCached(ref.block_id)
         owners = self.owners(ref) if hops == 0 else []
         if owners and owners[0] != self.node_id:
             bid = ref.block_id

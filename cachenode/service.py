@@ -121,7 +121,8 @@ class BlockService:
         """Forget cached metadata of an object (it changed at origin)."""
         self._meta.pop((bucket, key), None)
 
-    async def chunks(self, meta: ObjectMeta, start: int, end: int) -> AsyncGenerator[Chunk, None]:
+    async def chunks(self, meta: ObjectMeta, start: int, end: int, hops: int = 0,
+                     cached_only: bool = False) -> AsyncGenerator[Chunk, None]:
         """Yield the bytes [start, end] of the pinned version in order, with bounded read-ahead.
 
         Memory stays below (read-ahead + 1) blocks. A FileChunk must be closed by the
@@ -135,7 +136,8 @@ class BlockService:
                     s = next(todo, None)
                     if s is None:
                         break
-                    pending.append((s, asyncio.ensure_future(self.router.read_block(s.ref))))
+                    pending.append((s, asyncio.ensure_future(
+                        self.router.read_block(s.ref, hops, cached_only))))
                 if not pending:
                     return
                 s, fut = pending[0]  # stays pending (closed by finally) until its result is ours

@@ -463,3 +463,61 @@ async def test_failed_start_releases_everything(tmp_path: Path) -> None:
         assert n.http_port and n.grpc_port
         assert n.readiness() is None
     assert n.readiness() is not None
+
+
+@pytest.mark.asyncio
+async def test_if_match_pins_a_version(node: Node) -> None:
+    etag = node.put("v.bin", blob(100))
+    status, headers, body = await get(node, "/bkt/v.bin", {"If-Match": etag})
+    assert status == 200 and body == blob(100)
+    status, headers, body = await get(node, "/bkt/v.bin", {"If-Match": '"other"'})
+    assert status == 412 and headers["X-Blockcache-Error"] == "PreconditionFailed"
+    assert b"changed at origin" in body
+
+
+@pytest.mark.asyncio
+async def test_http_peer_client_reads_checked_blocks_and_maps_errors(node: Node) -> None:
+    from cachenode.blocks import BlockRef, ObjectMeta
+    from cachenode.errors import BlockNotCached, ObjectChanged, OriginNotFound, PeerUnavailable
+    from cachenode.metrics import NodeMetrics
+    from cachenode.peers_http import HttpPeerClient
+    from tests.servers import free_port
+
+    data = blob(2 * BS + 99, 5)
+    etag = node.put("p.bin", data)
+    meta = ObjectMeta("bkt", "p.bin", len(data), etag)
+    peers = HttpPeerClient(NodeMetrics(), timeout_s=5.0)
+    addr = f"127.0.0.1:{node.node.http_port}"
+    try:
+        last = BlockRef(meta, 2, BS)
+        with pytest.raises(BlockNotCached):  # a handoff question: disk only, never a fill
+            await peers.read_block(addr, last, hops=1, epoch=1, cached_only=True)
+        assert node.origin.gets == {}
+        assert await peers.read_block(addr, last, hops=1, epoch=1) == data[2 * BS:]  # filled
+        await node.node.filler.flush()
+        assert await peers.read_block(addr, last, hops=1, epoch=1, cached_only=True) == \
+            data[2 * BS:]  # from disk now, with the recorded crc32
+        with pytest.raises(OriginNotFound, match="no such key"):
+            await peers.read_block(addr, BlockRef(ObjectMeta("bkt", "nope", 5, '"e"'), 0, BS),
+                                   hops=1, epoch=1)
+        with pytest.raises(ObjectChanged):
+            await peers.read_block(addr, BlockRef(ObjectMeta("bkt", "p.bin", len(data),
+                                                             '"old"'), 0, BS), hops=1, epoch=1)
+        assert not peers.is_down(addr)  # the peer's answers are not transport failures
+        dead = f"127.0.0.1:{free_port()}"
+        with pytest.raises(PeerUnavailable):
+            await peers.read_block(dead, last, hops=1, epoch=1)
+        assert peers.is_down(dead)
+    finally:
+        await peers.close()
+
+
+@pytest.mark.asyncio
+async def test_forwarded_reads_of_memory_blocks_carry_a_crc(node: Node) -> None:
+    import zlib
+    node.put("f.bin", blob(3 * BS, 9))
+    status, headers, body = await get(node, "/bkt/f.bin", {"Range": f"bytes={BS}-{2 * BS - 1}",
+                                                           "X-Blockcache-Hops": "1"})
+    assert status == 206 and int(headers["X-Blockcache-Crc32"]) == zlib.crc32(body)
+    status, headers, _ = await get(node, "/bkt/f.bin", {"Range": f"bytes=0-{BS - 1}"})
+    assert status == 206 and "X-Blockcache-Crc32" not in headers  # a miss, not forwarded

@@ -24,7 +24,7 @@ BS = 64 * 1024
 
 @dataclass(frozen=True)
 class Rec:
-    grpc: str
+    http: str
     weight: int = 100
     state: str = "up"
 
