@@ -139,6 +139,9 @@ class NodeConfig:
         "--peer-timeout", "deadline for reading one block from another node (its fill "
         "included); a dead or hung peer is noticed sooner, by refused connections or "
         "missed keepalive pings", parse_duration))
+    peer_memory_blocks: int = field(default=16, metadata=_opt(
+        "--peer-memory-blocks", "blocks read from other nodes kept in memory for readers just "
+        "behind (memory: this many blocks)", int))
     lease_ttl_s: float = field(default=10.0, metadata=_opt(
         "--lease-ttl", "etcd lease of the node's registration: a node that dies leaves the "
         "ring this long after", parse_duration))
@@ -166,6 +169,8 @@ class NodeConfig:
             if getattr(self, name) <= 0:
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise ConfigError(f"{flag} must be more than 0")
+        if not 0 <= self.peer_memory_blocks <= 1024:
+            raise ConfigError("--peer-memory-blocks must be between 0 and 1024")
         if self.weight < 0:
             raise ConfigError("--weight must not be negative")
         if self.peer_timeout_s <= 0:

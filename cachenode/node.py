@@ -46,7 +46,8 @@ class CacheNode:
         self.filler = Filler(config, self.origin, self.store, self.metrics)
         grouped = bool(config.etcd_endpoints)
         self.peers = HttpPeerClient(self.metrics, config.peer_timeout_s) if grouped else None
-        self.router = Router(config.node_id, self.filler, self.metrics, self.peers)
+        self.router = Router(config.node_id, self.filler, self.metrics, self.peers,
+                             config.peer_memory_blocks)
         self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router)
         self.membership: Membership | None = None
         self._stack = AsyncExitStack()

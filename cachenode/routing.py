@@ -31,7 +31,7 @@ from cachenode.store.disk import OpenBlock
 
 log = logging.getLogger(__name__)
 OWNERS_TRIED = 3  # the owner, then up to two successors, then a fill here
-RECENT_PEER_BLOCKS = 8  # blocks read from peers kept in memory for readers just behind
+HANDOFF_GIVE_UP = 64  # "not here" answers (and no hit) before a node is no longer asked
 _TRY_NEXT = (PeerUnavailable, Overloaded, StoreFull, DiskUnavailable)  # the peer's trouble
 
 
@@ -67,7 +67,7 @@ class Router:
     """Decide where each block comes from, given this node's view of the group."""
 
     def __init__(self, node_id: str, filler: Filler, metrics: NodeMetrics,
-                 peers: Peers | None = None) -> None:
+                 peers: Peers | None = None, recent_blocks: int = 16) -> None:
         self.node_id, self.filler, self._metrics, self._peers = node_id, filler, metrics, peers
         self._ring: Ring | None = None  # None: this node serves everything itself
         self._prev: Ring | None = None  # the ring before the last change, for handoff
@@ -76,6 +76,11 @@ class Router:
         self.epoch = 0
         self._peer_flight: SingleFlight[bytes | None] = SingleFlight()
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # peer blocks, newest last
+        self._recent_max = recent_blocks
+        # Handoff questions a node answered "not here" since the last ring change, or -1 once
+        # it answered with a block: a group that formed together has nothing to hand off, so
+        # after HANDOFF_GIVE_UP misses and no hit a node is no longer asked.
+        self._handoff_misses: dict[str, int] = {}
         if peers is not None:
             filler.handoff = self._handoff
 
@@ -90,6 +95,7 @@ class Router:
         if weights != self._weights:
             self._prev, self._ring = self._ring, (Ring(weights) if weights else None)
             self._weights = weights
+            self._handoff_misses.clear()  # blocks moved: worth asking again
             log.info("ring epoch %d: %d nodes up of %d members", epoch, len(weights),
                      len(members))
         self._addrs = {i: m.http for i, m in members.items() if i != self.node_id}
@@ -151,7 +157,7 @@ class Router:
             data = await self._from_peer(owner, ref)
             if data is not None:
                 self._recent[ref.block_id] = data  # a herd arriving just after finds it
-                while len(self._recent) > RECENT_PEER_BLOCKS:
+                while len(self._recent) > self._recent_max:
                     self._recent.popitem(last=False)
                 return data
         return None
@@ -190,7 +196,8 @@ class Router:
                 found += self._ring.owners(ref.block_id, 2)[1:]
         except EmptyRing:
             pass
-        return [n for n in dict.fromkeys(found) if n != self.node_id and n in self._addrs]
+        return [n for n in dict.fromkeys(found) if n != self.node_id and n in self._addrs
+                and self._handoff_misses.get(n, 0) < HANDOFF_GIVE_UP]
 
     async def _handoff(self, ref: BlockRef) -> bytes | None:
         """Return the block from the disk of a node that held it before, or None (origin)."""
@@ -206,7 +213,11 @@ class Router:
                                                     cached_only=True)
             except CacheError as e:
                 log.debug("handoff of block %s from %s: %s", ref.block_id, node, e)
+                misses = self._handoff_misses.get(node, 0)
+                if misses >= 0:
+                    self._handoff_misses[node] = misses + 1
                 continue
+            self._handoff_misses[node] = -1  # it holds moved blocks: keep asking it
             self._metrics.handoffs.labels("hit").inc()
             return data
         self._metrics.handoffs.labels("miss").inc()

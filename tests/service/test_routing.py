@@ -59,7 +59,7 @@ class FakePeers:
 class Node:
     def __init__(self, group: Group, name: str, tmp_path: Path) -> None:
         self.config = NodeConfig(data_dir=tmp_path / name, block_size_bytes=BS,
-                                 capacity_bytes=256 * BS, node_id=name)
+                                 capacity_bytes=512 * BS, node_id=name)
         self.metrics = NodeMetrics()
         self.store = DiskStore(self.config.data_dir, self.config.capacity_bytes, self.metrics)
         self.store.open()
@@ -206,3 +206,13 @@ async def test_draining_nodes_leave_the_ring_but_still_answer(group: Group) -> N
     got = await asyncio.gather(*(group.nodes["c"].read(r) for r in refs))
     assert b"".join(got) == data
     assert not isinstance(await group.nodes["c"].router.read_block(refs[0]), OpenBlock)
+
+
+@pytest.mark.asyncio
+async def test_a_group_formed_together_stops_asking_for_handoffs(group: Group) -> None:
+    meta, _ = obj(group, 600 * BS)
+    refs = [BlockRef(meta, i, BS) for i in range(600)]
+    await asyncio.gather(*(group.nodes["a"].read(r) for r in refs))
+    probes = sum(1 for n in group.nodes.values() for c in n.peers.calls if c[2])
+    assert probes <= 3 * 2 * 64  # each owner gives up on each source after 64 misses
+    assert group.gets() == 600
