@@ -100,14 +100,18 @@ class SocketSender:
         """Write `data` through aiohttp's own writer, after any earlier spans.
 
         Large buffers go out in slices of at most the per-call cap, each drained before the
-        next, so many readers of one freshly filled block share the loop fairly and no
-        transport buffers more than one slice.
+        next, so no transport buffers more than one slice. aiohttp's drain returns without
+        yielding while the socket takes the bytes (loopback and fast readers: a whole 4 MiB
+        block in one step), so each slice also yields to the loop, as `_sendfile` does: many
+        readers of one freshly filled block then share the loop fairly.
         """
         if self._empty_body:
             return
         view = memoryview(data)
         step = self._max_chunk
         for i in range(0, len(view), step):
+            if i:
+                await asyncio.sleep(0)  # let other connections (and timers) run between slices
             try:
                 async with asyncio.timeout(STALL_TIMEOUT_S):
                     await self._resp.write(view[i:i + step])  # drains above 64 KiB buffered

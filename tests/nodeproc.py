@@ -47,7 +47,11 @@ class NodeProcess:
                 [CACHENODE, "--data-dir", str(self.data_dir), "--http",
                  f"127.0.0.1:{self.http_port}", "--grpc", f"127.0.0.1:{self.grpc_port}",
                  *self.args],
-                env={**os.environ, **self.origin_env}, stdout=log, stderr=subprocess.STDOUT)
+                env={**os.environ, **self.origin_env}, stdout=log, stderr=subprocess.STDOUT,
+                # Own session, hence own scheduler autogroup (as etcd and SeaweedFS have): else
+                # the node's one loop thread competes thread-for-thread with the test's reader
+                # threads and gets a few % of a CPU (1-2 s event loop stalls, leases at risk).
+                start_new_session=True)
 
     def wait_ready(self, timeout_s: float = 30.0) -> NodeProcess:
         """Wait until /readyz answers 200, or raise with the log's tail."""
