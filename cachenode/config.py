@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, cast
 
 ENV_PREFIX = "CACHENODE_"
+MAX_WEIGHT = 10_000  # x 3 virtual nodes each: ring builds stay fast
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
           "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
           "tib": 2**40}
@@ -171,8 +172,8 @@ class NodeConfig:
                 raise ConfigError(f"{flag} must be more than 0")
         if not 0 <= self.peer_memory_blocks <= 1024:
             raise ConfigError("--peer-memory-blocks must be between 0 and 1024")
-        if self.weight < 0:
-            raise ConfigError("--weight must not be negative")
+        if not 0 <= self.weight <= MAX_WEIGHT:
+            raise ConfigError(f"--weight must be between 0 and {MAX_WEIGHT}")
         if self.peer_timeout_s <= 0:
             raise ConfigError("--peer-timeout must be more than 0")
         if self.etcd_connect_timeout_s <= 0:

@@ -32,6 +32,7 @@ class Filler:
     def __init__(self, config: NodeConfig, origin: Origin, store: BlockStore,
                  metrics: NodeMetrics) -> None:
         self._config, self._origin, self._store, self._metrics = config, origin, store, metrics
+        self.block_size = config.block_size_bytes
         self._flight: SingleFlight[bytes] = SingleFlight()
         self._limit = asyncio.Semaphore(config.max_concurrent_fills)  # origin GETs in flight
         # A fill holds a slot from before its GET until its block is on disk, so blocks
@@ -58,13 +59,20 @@ class Filler:
 
     async def read_stored_bytes(self, ref: BlockRef) -> bytes | None:
         """Return a stored block's checked bytes, or None if absent (or corrupt: dropped)."""
+        got = await self.read_stored_checked(ref)
+        return None if got is None else got[0]
+
+    async def read_stored_checked(self, ref: BlockRef) -> tuple[bytes, int] | None:
+        """Return a stored block's bytes and crc32 once checked, or None (corrupt: dropped)."""
         ob = self._store.open_block(ref.block_id, ref.length)
         if ob is None:
             return None
+        crc = ob.crc32
         data = await self._read_checked(ob)
         if data is None:
             self._store.delete(ref.block_id)
-        return data
+            return None
+        return data, crc
 
     async def read_block(self, ref: BlockRef) -> OpenBlock | bytes:
         """Return the block as an open file (hit; caller closes it) or as bytes (miss)."""

@@ -33,10 +33,10 @@ from cachenode.errors import (
     StoreFull,
 )
 from cachenode.metrics import NodeMetrics
-from cachenode.peers_http import CACHED_ONLY, CRC, HOPS
+from cachenode.peers_http import CACHED_ONLY, CRC, EPOCH, HOPS, SIZE
 from cachenode.ranges import Span, parse_range
 from cachenode.sendfile import SocketSender
-from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
+from cachenode.service import BlockService, Chunk, FileChunk, MemChunk, validate_name
 from cachenode.singleflight import FlightCancelled
 
 log = logging.getLogger(__name__)
@@ -213,9 +213,13 @@ class HttpApi:
             return error_response(e)
 
     async def _serve(self, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-        meta = await self._pinned(request, bucket, key)
         hops = _small_int(request.headers.get(HOPS))
         cached_only = request.headers.get(CACHED_ONLY) == "1"
+        meta = await self._pinned(request, bucket, key, hops, cached_only)
+        if request.headers.get(EPOCH, "0").isdigit():
+            epoch = int(request.headers.get(EPOCH, "0"))
+            if epoch and epoch != self._service.router.epoch:
+                self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
         headers = object_headers(meta)
         status, span = 200, Span(0, meta.size - 1)
         rng = request.headers.get("Range")
@@ -240,7 +244,8 @@ class HttpApi:
                 # One whole stored block: its recorded crc32 lets a client check the bytes.
                 headers[CRC] = str(first.block.crc32)
             elif hops and isinstance(first, MemChunk) and len(first.data) == length:
-                headers[CRC] = str(zlib.crc32(first.data))  # a peer checks every block
+                crc = first.crc32 if first.crc32 is not None else zlib.crc32(first.data)
+                headers[CRC] = str(crc)  # a peer checks every block
             try:
                 resp = web.StreamResponse(status=status, headers=headers)
                 resp.content_length = length
@@ -274,10 +279,28 @@ class HttpApi:
             await resp.write_eof()
             return resp
 
-    async def _pinned(self, request: web.Request, bucket: str, key: str) -> ObjectMeta:
-        """Return the object's metadata; with If-Match, only if it still has that ETag."""
-        meta = await self._service.stat(bucket, key)
+    async def _pinned(self, request: web.Request, bucket: str, key: str, hops: int,
+                      cached_only: bool) -> ObjectMeta:
+        """Return the object's metadata; with If-Match, only if it still has that ETag.
+
+        A peer's request names the version it pinned (If-Match + size): a handoff question
+        is answered from disk without asking the origin, and while the origin is out of
+        reach the pin is trusted, so blocks held here are still served to the group.
+        """
         want = request.headers.get("If-Match")
+        size = request.headers.get(SIZE, "")
+        trusted = None
+        if hops and want and size.isdigit() and len(size) < 20:
+            trusted = ObjectMeta(bucket, key, int(size), want.strip())
+            if cached_only:
+                validate_name(bucket, key)
+                return trusted
+        try:
+            meta = await self._service.stat(bucket, key)
+        except (OriginUnavailable, OriginDenied):
+            if trusted is None:
+                raise
+            return trusted
         if want is None or want.strip() in ("*", meta.etag):
             return meta
         self._service.invalidate(bucket, key)  # ours may be the stale one

@@ -40,6 +40,7 @@ from aetcd.utils import prefix_range_end
 log = logging.getLogger(__name__)
 
 STATES = ("up", "draining")
+MAX_WEIGHT = 10_000  # as cachenode.config: every process builds the ring of all weights
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.1, 2.0
 
 
@@ -56,6 +57,7 @@ class NodeRecord:
     grpc: str  # "host:port"
     weight: int = 100
     state: str = "up"  # "up" or "draining"
+    block_size: int = 0  # bytes; 0 = unknown (a node with another block size is not a peer)
 
     def __post_init__(self) -> None:
         for name in ("id", "http", "grpc"):
@@ -65,8 +67,12 @@ class NodeRecord:
             raise ValueError(f"bad node id {self.id!r}")
         if self.state not in STATES:
             raise ValueError(f"bad node state {self.state!r} (want one of {STATES})")
-        if isinstance(self.weight, bool) or not isinstance(self.weight, int) or self.weight < 0:
-            raise ValueError(f"bad node weight {self.weight!r}")
+        if (isinstance(self.weight, bool) or not isinstance(self.weight, int)
+                or not 0 <= self.weight <= MAX_WEIGHT):
+            raise ValueError(f"bad node weight {self.weight!r} (want 0..{MAX_WEIGHT})")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) \
+                or self.block_size < 0:
+            raise ValueError(f"bad node block size {self.block_size!r}")
 
     def pack(self) -> bytes:
         """Return the record as a msgpack map."""

@@ -80,10 +80,11 @@ class CacheNode:
             self._stack.push_async_callback(self.service.close)
             self._stack.push_async_callback(self.filler.close)
             self._stack.push_async_callback(self.router.close)
+            if self.peers is not None:  # closed after the servers drained (stack order)
+                self._stack.push_async_callback(self.peers.close)
             await self._start_http()
             await self._start_grpc()
             if self.peers is not None:
-                self._stack.push_async_callback(self.peers.close)
                 await self._join()
             lag = asyncio.ensure_future(self._watch_loop_lag())
             self._stack.callback(lag.cancel)
@@ -116,7 +117,7 @@ class CacheNode:
             host = socket.getfqdn()
         return NodeRecord(id=self.config.node_id, http=f"{host}:{self.http_port}",
                           grpc=f"{host}:{self.grpc_port}", weight=self.config.weight,
-                          state=state)
+                          state=state, block_size=self.config.block_size_bytes)
 
     def ring_view(self) -> dict[str, Any]:
         """Return this node's view of its group, as /ring shows it."""

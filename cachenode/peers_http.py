@@ -27,6 +27,7 @@ HOPS = "X-Blockcache-Hops"
 EPOCH = "X-Blockcache-Epoch"
 CACHED_ONLY = "X-Blockcache-Cached-Only"
 CRC = "X-Blockcache-Crc32"
+SIZE = "X-Blockcache-Size"  # with If-Match: the pinned version's size, so no HEAD is needed
 ERROR = "X-Blockcache-Error"
 REASON = "X-Blockcache-Reason"
 PEER_DOWN_S = 2.0  # after a transport failure, skip the peer this long
@@ -41,9 +42,12 @@ class HttpPeerClient:
         self._metrics, self._timeout_s = metrics, timeout_s
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         self._down_until: dict[str, float] = {}  # guarded by the loop
 
     def _http(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise aiohttp.ClientConnectionError("peer client closed (node shutting down)")
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections,
@@ -55,6 +59,7 @@ class HttpPeerClient:
 
     async def close(self) -> None:
         """Close the connection pool."""
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -69,7 +74,7 @@ class HttpPeerClient:
         return self._down_until.get(addr, 0.0) > time.monotonic()
 
     async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
-                         cached_only: bool = False) -> bytes:
+                         cached_only: bool = False, timeout_s: float | None = None) -> bytes:
         """Return block `ref` read from the node at `addr` (host:port), crc32 checked.
 
         Raises PeerUnavailable when the peer cannot be reached or fails the transfer, or
@@ -79,11 +84,13 @@ class HttpPeerClient:
         url = (f"http://{addr}/{urllib.parse.quote(meta.bucket)}/"
                f"{urllib.parse.quote(meta.key)}")
         headers = {"Range": f"bytes={ref.start}-{ref.start + ref.length - 1}",
-                   "If-Match": meta.etag, HOPS: str(hops), EPOCH: str(epoch)}
+                   "If-Match": meta.etag, SIZE: str(meta.size), HOPS: str(hops),
+                   EPOCH: str(epoch)}
         if cached_only:
             headers[CACHED_ONLY] = "1"
         try:
-            async with self._http().get(url, headers=headers) as r:
+            timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
+            async with self._http().get(url, headers=headers, timeout=timeout) as r:
                 if r.status not in (200, 206):
                     raise await self._error(addr, ref, r)
                 if r.headers.get("ETag") != meta.etag:
@@ -97,9 +104,12 @@ class HttpPeerClient:
             if current is not None and current.cancelling():
                 raise  # our caller gave up
             raise self._failed(addr, "request cancelled") from None
-        if len(data) != ref.length or crc is None or zlib.crc32(data) != int(crc):
-            raise self._failed(addr, f"block {ref.block_id} arrived short, corrupt or "
-                               "without its crc32")
+        if len(data) != ref.length or crc is None:
+            raise self._failed(addr, f"block {ref.block_id} arrived short or without its crc32")
+        if zlib.crc32(data) != int(crc):  # that block is bad, not the peer: ask the next one
+            self._metrics.peer_errors.inc()
+            log.warning("peer %s sent block %s failing its crc32", addr, ref.block_id)
+            raise PeerUnavailable(addr, f"block {ref.block_id} failed its crc32")
         self._down_until.pop(addr, None)
         self._metrics.peer_bytes.inc(len(data))
         return data
@@ -113,6 +123,8 @@ class HttpPeerClient:
             reason = str(body.get("reason", reason))
         except (ValueError, aiohttp.ClientError):
             pass
+        if name == "PreconditionFailed":  # the peer knows a newer version than our pin
+            return ObjectChanged(ref.obj.bucket, ref.obj.key, ref.obj.etag)
         if name:
             return remote_error(name, reason, ref.obj.bucket, ref.obj.key)
         return self._failed(addr, f"HTTP {r.status} {reason[:200]}")

@@ -8,6 +8,7 @@ the previous owner's disk before the origin (handoff), so scaling out is no refe
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -19,6 +20,9 @@ from cachenode.errors import (
     BlockNotCached,
     CacheError,
     DiskUnavailable,
+    OriginDenied,
+    OriginTimeout,
+    OriginUnavailable,
     Overloaded,
     PeerUnavailable,
     StoreFull,
@@ -26,13 +30,18 @@ from cachenode.errors import (
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.ring import EmptyRing, Ring
-from cachenode.singleflight import SingleFlight
+from cachenode.singleflight import FlightCancelled, SingleFlight
 from cachenode.store.disk import OpenBlock
 
 log = logging.getLogger(__name__)
 OWNERS_TRIED = 3  # the owner, then up to two successors, then a fill here
+HANDOFF_TIMEOUT_S = 2.0  # a handoff is a disk read on a peer: a slow one is not worth waiting for
+PEER_READS_MAX = 64  # blocks being read from peers at once, per node (memory: x block size)
 HANDOFF_GIVE_UP = 64  # "not here" answers (and no hit) before a node is no longer asked
-_TRY_NEXT = (PeerUnavailable, Overloaded, StoreFull, DiskUnavailable)  # the peer's trouble
+# The peer's own trouble: ask the next owner. (A 404 or 416 is the object's, and final; so is
+# a peer's fill timing out, which would only be waited for again.)
+_TRY_NEXT = (PeerUnavailable, Overloaded, StoreFull, DiskUnavailable, FlightCancelled,
+             OriginUnavailable, OriginDenied)
 
 
 class Member(Protocol):
@@ -44,6 +53,8 @@ class Member(Protocol):
     def weight(self) -> int: ...
     @property
     def state(self) -> str: ...
+    @property
+    def block_size(self) -> int: ...
 
 
 class Peers(Protocol):
@@ -52,7 +63,8 @@ class Peers(Protocol):
     def is_down(self, addr: str) -> bool: ...
     def forget(self, keep: set[str]) -> None: ...
     async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
-                         cached_only: bool = False) -> bytes: ...
+                         cached_only: bool = False, timeout_s: float | None = None
+                         ) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,7 @@ class Fetched:
 
     data: bytes
     source: str
+    crc32: int | None = None  # known when read back from disk and checked
 
 
 class Router:
@@ -75,6 +88,7 @@ class Router:
         self._addrs: dict[str, str] = {}  # node id -> HTTP host:port, every other member
         self.epoch = 0
         self._peer_flight: SingleFlight[bytes | None] = SingleFlight()
+        self._peer_slots = asyncio.Semaphore(PEER_READS_MAX)
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # peer blocks, newest last
         self._recent_max = recent_blocks
         # Handoff questions a node answered "not here" since the last ring change, or -1 once
@@ -91,6 +105,11 @@ class Router:
 
     def update(self, members: Mapping[str, Member], epoch: int) -> None:
         """Adopt a new membership view: the ring of the nodes that are up."""
+        bs = self.filler.block_size
+        odd = sorted(i for i, m in members.items() if m.block_size not in (0, bs))
+        if odd:  # their block ids differ from ours: they can neither own nor hand off
+            log.warning("nodes %s use another block size than %d; left off this ring", odd, bs)
+            members = {i: m for i, m in members.items() if i not in odd}
         weights = {i: m.weight for i, m in members.items() if m.state == "up"}
         if weights != self._weights:
             self._prev, self._ring = self._ring, (Ring(weights) if weights else None)
@@ -125,10 +144,16 @@ class Router:
         `hops` > 0: another node forwarded the read; serve it here (disk, else origin).
         `cached_only`: a handoff question; answer from disk or raise BlockNotCached.
         """
-        ob = self.filler.stored(ref)
-        if ob is not None:
-            self._metrics.hits.inc()
-            return ob
+        if hops:  # for a peer: read and check the block here, so a bad one is dropped now
+            checked = await self.filler.read_stored_checked(ref)
+            if checked is not None:
+                self._metrics.hits.inc()
+                return Fetched(checked[0], "disk", checked[1])
+        else:
+            ob = self.filler.stored(ref)
+            if ob is not None:
+                self._metrics.hits.inc()
+                return ob
         if cached_only:
             raise BlockNotCached(ref.block_id)
         owners = self.owners(ref) if hops == 0 else []
@@ -177,7 +202,10 @@ class Router:
         if addr is None or self._peers is None or self._peers.is_down(addr):
             return None
         try:
-            data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch)
+            async with self._peer_slots:
+                data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch)
+        except OriginTimeout:
+            raise
         except _TRY_NEXT as e:
             self._metrics.peer_reads.labels("failover").inc()
             log.info("block %s: owner %s failed (%s); trying the next", ref.block_id, owner, e)
@@ -205,12 +233,13 @@ class Router:
         if self._peers is None or not sources:
             return None
         for node in sources:
-            addr = self._addrs[node]
-            if self._peers.is_down(addr):
+            addr = self._addrs.get(node)  # the group may have changed while we asked
+            if addr is None or self._peers.is_down(addr):
                 continue
             try:
                 data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch,
-                                                    cached_only=True)
+                                                    cached_only=True,
+                                                    timeout_s=HANDOFF_TIMEOUT_S)
             except CacheError as e:
                 log.debug("handoff of block %s from %s: %s", ref.block_id, node, e)
                 misses = self._handoff_misses.get(node, 0)

@@ -45,6 +45,7 @@ class MemChunk:
 
     data: memoryview
     source: str
+    crc32: int | None = None  # of `data`, when already known
 
 
 Chunk = FileChunk | MemChunk
@@ -153,8 +154,9 @@ class BlockService:
                 if isinstance(got, OpenBlock):
                     yield FileChunk(got, s.offset, s.length)
                 else:
+                    whole = s.offset == 0 and s.length == len(got.data)
                     yield MemChunk(memoryview(got.data)[s.offset:s.offset + s.length],
-                                   got.source)
+                                   got.source, got.crc32 if whole else None)
         finally:
             for _, fut in pending:
                 _discard(fut)

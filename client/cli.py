@@ -85,7 +85,10 @@ async def cmd_get(c: CacheClient, args: argparse.Namespace, out: IO[str]) -> Non
     """Download every object under a prefix into a directory (resumable, sizes verified)."""
     bucket, prefix = split_s3_url(args.url, want_key=False)
     dest = Path(args.dir)
-    objs = [o async for o in c.list_objects(bucket, prefix)]
+    objs = [o async for o in c.list_objects(bucket, prefix)
+            # s3://b/llm/v1 means the object llm/v1 or the folder llm/v1/, not llm/v10/...
+            if prefix.endswith("/") or not prefix or o.key == prefix
+            or o.key.startswith(prefix + "/")]
     if not objs:
         raise ClientError(f"nothing under s3://{bucket}/{prefix}")
     progress = Progress(sum(o.size for o in objs), len(objs), sys.stderr)
@@ -94,7 +97,10 @@ async def cmd_get(c: CacheClient, args: argparse.Namespace, out: IO[str]) -> Non
         if not rel or rel.endswith("/"):
             progress.file_done(o.size)  # a directory marker, nothing to write
             continue
-        await fetch_file(c, o, dest / rel, progress)
+        try:
+            await fetch_file(c, o, dest / rel, progress)
+        except OSError as e:
+            raise ClientError(f"cannot write {dest / rel}: {e}") from None
     progress.finish()
     out.write(json.dumps({"files": len(objs), "bytes": progress.total,
                           "fetched_bytes": progress.fetched, "seconds":

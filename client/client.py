@@ -186,6 +186,7 @@ class CacheClient:
         finally:
             for t in pending:
                 t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _block(self, info: ObjectInfo, index: int, lo: int, hi: int) -> bytes:
         """Return bytes [lo, hi) of one block, from its owner or whoever answers."""
@@ -201,13 +202,17 @@ class CacheClient:
         """
         url_path = f"/{urllib.parse.quote(info.bucket)}/{urllib.parse.quote(info.key)}"
         headers = {"Range": f"bytes={span[0]}-{span[1] - 1}"} if span else {}
+        if info.etag:
+            headers["If-Match"] = info.etag  # a node with older metadata looks again
         errors = []
         for m in nodes:
             try:
                 async with self._http().request(method, base_url(m.http) + url_path,
                                                 headers=headers) as r:
                     if r.status in (200, 206):
-                        _check_etag(info, r.headers.get("ETag"))
+                        if info.etag and r.headers.get("ETag") != info.etag:
+                            errors.append(f"{m.id}: sent ETag {r.headers.get('ETag')}")
+                            continue  # that node knows another version: ask the next
                         body = await r.read()
                         if span and len(body) != span[1] - span[0]:
                             raise aiohttp.ClientPayloadError(
@@ -228,6 +233,9 @@ class CacheClient:
             if r.status >= 500:  # the origin failed for this node: it would for the others
                 errors.append(f"{m.id}: HTTP {r.status} {_reason(text)}")
                 break
+            if r.status == 412:
+                raise ObjectChanged(f"s3://{info.bucket}/{info.key} changed at origin (pinned "
+                                    f"ETag {info.etag} is gone); stat it again")
             raise _error(r.status, text)
         raise Unavailable(f"no node could serve s3://{info.bucket}/{info.key}: "
                           + "; ".join(errors[-4:]))
@@ -248,13 +256,6 @@ class CacheClient:
         self.failovers += 1
         log.info("node %s (%s) failed: %s; trying the next", m.id, m.http, e or type(e).__name__)
         self._down_until[m.http] = time.monotonic() + 2.0
-
-
-def _check_etag(info: ObjectInfo, etag: str | None) -> None:
-    """Raise ObjectChanged unless a response carries the pinned ETag (if one is pinned)."""
-    if info.etag and etag != info.etag:
-        raise ObjectChanged(f"s3://{info.bucket}/{info.key} changed at origin (ETag {etag}, "
-                            f"pinned {info.etag}); stat it again")
 
 
 def _reason(body: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import io
+import sys
 import threading
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
@@ -19,7 +20,8 @@ from client.client import CacheClient, ObjectInfo
 from client.errors import ClientError
 
 T = TypeVar("T")
-READ_TIMEOUT_S = 300.0
+READ_TIMEOUT_S = 300.0  # one read() call
+READALL_PIECE = 64 * 2**20
 
 
 class _LoopThread:
@@ -31,14 +33,32 @@ class _LoopThread:
                                         daemon=True)
         self._thread.start()
 
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self.loop.is_closed()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = READ_TIMEOUT_S) -> T:
+        """Run `coro` on the loop thread; on timeout or Ctrl-C cancel it before returning."""
+        if not self.alive:
+            coro.close()
+            raise ClientError("the cache client's loop thread has stopped")
         fut: concurrent.futures.Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return fut.result(READ_TIMEOUT_S)
+        try:
+            return fut.result(timeout_s)
+        except BaseException:
+            fut.cancel()  # the coroutine must not go on writing after we gave up on it
+            try:
+                fut.result(5)
+            except BaseException:
+                pass
+            raise
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
+        if self.alive:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(5)
+        if not self._thread.is_alive() and not self.loop.is_closed():
+            self.loop.close()
 
 
 class CacheFile(io.RawIOBase):
@@ -62,7 +82,10 @@ class CacheFile(io.RawIOBase):
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         """Move the position like a file's seek; return the new position."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.info.size}[whence]
+        bases = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.info.size}
+        if whence not in bases:
+            raise ValueError(f"invalid whence {whence!r}")
+        base = bases[whence]
         if base + offset < 0:
             raise ValueError(f"negative seek position {base + offset}")
         self._pos = base + offset
@@ -74,30 +97,28 @@ class CacheFile(io.RawIOBase):
         want = min(len(view), max(0, self.info.size - self._pos))
         if want == 0:
             return 0
-        done = self._loop.run(self._fill(view, self._pos, want))
-        self._pos += done
-        return done
-
-    async def _fill(self, view: memoryview, start: int, length: int) -> int:
-        done = 0
-        async for data in self._client.iter_range(self.info, start, length):
-            view[done:done + len(data)] = data
-            done += len(data)
-        return done
+        got = self._loop.run(self._client.read_range(self.info, self._pos, want))
+        view[:len(got)] = got  # copied here, on the caller's thread, never after a timeout
+        self._pos += len(got)
+        return len(got)
 
     def readall(self) -> bytes:
-        """Read from the position to the end."""
-        out = bytearray(max(0, self.info.size - self._pos))
-        n = self.readinto(out)
-        return bytes(out[:n])
+        """Read from the position to the end (in pieces of at most READALL_PIECE bytes)."""
+        parts = []
+        while chunk := self.read(READALL_PIECE):
+            parts.append(chunk)
+        return b"".join(parts)
 
     def close(self) -> None:
         """Close the file (and its client and loop if it made them)."""
         if not self.closed and self._owns:
-            try:
-                self._loop.run(self._client.close())
-            finally:
-                self._loop.stop()
+            if sys.is_finalizing() or not self._loop.alive:
+                pass  # interpreter exit: the loop thread cannot run any more
+            else:
+                try:
+                    self._loop.run(self._client.close(), timeout_s=10)
+                finally:
+                    self._loop.stop()
         super().close()
 
 

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from cachenode.blocks import BlockRef, ObjectMeta
 from cachenode.config import NodeConfig
-from cachenode.errors import BlockNotCached, OriginNotFound, PeerUnavailable
+from cachenode.errors import OriginNotFound, PeerUnavailable
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.routing import Fetched, Router
@@ -27,6 +27,7 @@ class Rec:
     http: str
     weight: int = 100
     state: str = "up"
+    block_size: int = 0
 
 
 class FakePeers:
@@ -43,17 +44,16 @@ class FakePeers:
         pass
 
     async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
-                         cached_only: bool = False) -> bytes:
+                         cached_only: bool = False, timeout_s: float | None = None) -> bytes:
         self.calls.append((addr, ref.index, cached_only))
         if addr in self._group.dead:
             raise PeerUnavailable(addr, "connection refused")
-        node = self._group.nodes[addr]
-        if cached_only:
-            data = await node.filler.read_stored_bytes(ref)
-            if data is None:
-                raise BlockNotCached(ref.block_id)
-            return data
-        return await node.router.read_block_bytes(ref, hops=hops)
+        if addr in self._group.hung:
+            await asyncio.sleep(3600 if timeout_s is None else timeout_s)
+            raise PeerUnavailable(addr, "timed out")
+        got = await self._group.nodes[addr].router.read_block(ref, hops, cached_only)
+        assert isinstance(got, Fetched), "a forwarded read is checked in memory, not sent"
+        return got.data
 
 
 class Node:
@@ -88,6 +88,7 @@ class Group:
         self.origin = FakeOrigin()
         self.nodes: dict[str, Node] = {}
         self.dead: set[str] = set()
+        self.hung: set[str] = set()
         self.epoch = 0
 
     def add(self, name: str) -> Node:
@@ -216,3 +217,40 @@ async def test_a_group_formed_together_stops_asking_for_handoffs(group: Group) -
     probes = sum(1 for n in group.nodes.values() for c in n.peers.calls if c[2])
     assert probes <= 3 * 2 * 64  # each owner gives up on each source after 64 misses
     assert group.gets() == 600
+
+
+@pytest.mark.asyncio
+async def test_a_hung_handoff_source_costs_seconds_not_the_fill(group: Group) -> None:
+    import time
+
+    meta, data = obj(group, 24 * BS)
+    refs = [BlockRef(meta, i, BS) for i in range(24)]
+    group.hung.add("c")  # c still looks alive but never answers
+    d = group.add("d")
+    mine = [r for r in refs if d.router.owners(r)[0] == "d"
+            and "c" in d.router._handoff_sources(r)]
+    assert mine, "some of d's blocks must have c as their previous holder"
+    t0 = time.monotonic()
+    assert await d.read(mine[0]) == data[mine[0].start:mine[0].start + BS]
+    assert time.monotonic() - t0 < 5  # the handoff question timed out; the origin filled it
+
+
+@pytest.mark.asyncio
+async def test_a_source_leaving_during_a_handoff_is_skipped(group: Group) -> None:
+    meta, data = obj(group, 24 * BS)
+    refs = [BlockRef(meta, i, BS) for i in range(24)]
+    d = group.add("d")
+    d.router.update({"a": Rec("a"), "b": Rec("b")}, 100)  # d's previous view: only a and b
+    d.router.update({n: Rec(n) for n in "abcd"}, 101)
+    r = next(r for r in refs if d.router.owners(r)[0] == "d"
+             and len(d.router._handoff_sources(r)) == 2)
+    first, second = d.router._handoff_sources(r)
+    original = d.peers.read_block
+
+    async def leave_meanwhile(addr: str, ref: BlockRef, **kw: object) -> bytes:
+        if addr == first:  # while the first source is asked, the second leaves the group
+            group.publish({n: Rec(n) for n in group.nodes if n != second})
+        return await original(addr, ref, **kw)  # type: ignore[arg-type]
+
+    d.peers.read_block = leave_meanwhile  # type: ignore[method-assign]
+    assert await d.read(r) == data[r.start:r.start + BS]
