@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ log = logging.getLogger(__name__)
 OWNERS_TRIED = 3  # the owner, then up to two successors, then a fill here
 HANDOFF_TIMEOUT_S = 2.0  # a handoff is a disk read on a peer: a slow one is not worth waiting for
 PEER_READS_MAX = 64  # blocks being read from peers at once, per node (memory: x block size)
-HANDOFF_GIVE_UP = 64  # "not here" answers (and no hit) before a node is no longer asked
+HANDOFF_GIVE_UP = 64  # "not here" answers (and no hit) before a node is no longer asked...
+HANDOFF_RETRY_S = 60.0  # ...for this long (or until the ring changes)
 # The peer's own trouble: ask the next owner. (A 404 or 416 is the object's, and final; so is
 # a peer's fill timing out, which would only be waited for again.)
 _TRY_NEXT = (PeerUnavailable, Overloaded, StoreFull, DiskUnavailable, FlightCancelled,
@@ -93,8 +95,9 @@ class Router:
         self._recent_max = recent_blocks
         # Handoff questions a node answered "not here" since the last ring change, or -1 once
         # it answered with a block: a group that formed together has nothing to hand off, so
-        # after HANDOFF_GIVE_UP misses and no hit a node is no longer asked.
+        # after HANDOFF_GIVE_UP misses and no hit a node is not asked for HANDOFF_RETRY_S.
         self._handoff_misses: dict[str, int] = {}
+        self._handoff_reset_at = 0.0
         if peers is not None:
             filler.handoff = self._handoff
 
@@ -216,6 +219,10 @@ class Router:
     def _handoff_sources(self, ref: BlockRef) -> list[str]:
         """Return who held the block before this node: the owner on the previous ring, and
         the owner if this node were not on the ring (where it lived before this node joined)."""
+        now = time.monotonic()
+        if now > self._handoff_reset_at:  # what moved may have changed: ask again now and then
+            self._handoff_reset_at = now + HANDOFF_RETRY_S
+            self._handoff_misses = {n: m for n, m in self._handoff_misses.items() if m < 0}
         found: list[str] = []
         try:
             if self._prev is not None:
