@@ -53,11 +53,11 @@ async def pair(tmp_path: Path, etcd: Etcd) -> AsyncIterator[tuple[CacheNode, Cac
 async def test_stale_metadata_on_the_entry_node_never_fails_or_mixes(
         pair: tuple[CacheNode, CacheNode, FakeOrigin]) -> None:
     a, b, origin = pair
-    old, new = blob(8 * BS, 1), blob(8 * BS, 2)
+    old, new = blob(32 * BS, 1), blob(32 * BS, 2)
     etag = origin.put("bkt", "m.bin", old)
     meta = ObjectMeta("bkt", "m.bin", len(old), etag)
-    owned_by_b = [i for i in range(8) if a.router.owners(BlockRef(meta, i, BS))[0] == "b"]
-    assert owned_by_b, "b must own some of the 8 blocks"
+    owned_by_b = [i for i in range(32) if a.router.owners(BlockRef(meta, i, BS))[0] == "b"]
+    assert owned_by_b, "b must own some of the 32 blocks"
     url = f"http://127.0.0.1:{a.http_port}/bkt/m.bin"
     async with aiohttp.ClientSession() as http:
         async with http.head(url) as r:  # a now pins the old ETag (no block read yet)

@@ -121,7 +121,8 @@ async def group(tmp_path: Path) -> AsyncIterator[Group]:
 
 
 def blob(size: int) -> bytes:
-    return bytes((i * 31 + (i >> 9)) % 251 for i in range(size))
+    unit = bytes((i * 31 + (i >> 9)) % 251 for i in range(251 * 64))  # blocks differ
+    return (unit * (size // len(unit) + 1))[:size]
 
 
 def obj(group: Group, size: int = 24 * BS, key: str = "model.bin") -> tuple[ObjectMeta, bytes]:
@@ -223,8 +224,8 @@ async def test_a_group_formed_together_stops_asking_for_handoffs(group: Group) -
 async def test_a_hung_handoff_source_costs_seconds_not_the_fill(group: Group) -> None:
     import time
 
-    meta, data = obj(group, 24 * BS)
-    refs = [BlockRef(meta, i, BS) for i in range(24)]
+    meta, data = obj(group, 240 * BS)  # enough blocks that d owns some c held before
+    refs = [BlockRef(meta, i, BS) for i in range(240)]
     group.hung.add("c")  # c still looks alive but never answers
     d = group.add("d")
     mine = [r for r in refs if d.router.owners(r)[0] == "d"
@@ -237,8 +238,8 @@ async def test_a_hung_handoff_source_costs_seconds_not_the_fill(group: Group) ->
 
 @pytest.mark.asyncio
 async def test_a_source_leaving_during_a_handoff_is_skipped(group: Group) -> None:
-    meta, data = obj(group, 24 * BS)
-    refs = [BlockRef(meta, i, BS) for i in range(24)]
+    meta, data = obj(group, 240 * BS)  # enough blocks that some have two sources
+    refs = [BlockRef(meta, i, BS) for i in range(240)]
     d = group.add("d")
     d.router.update({"a": Rec("a"), "b": Rec("b")}, 100)  # d's previous view: only a and b
     d.router.update({n: Rec(n) for n in "abcd"}, 101)
