@@ -519,5 +519,3 @@ async def test_forwarded_reads_of_memory_blocks_carry_a_crc(node: Node) -> None:
     status, headers, body = await get(node, "/bkt/f.bin", {"Range": f"bytes={BS}-{2 * BS - 1}",
                                                            "X-Blockcache-Hops": "1"})
     assert status == 206 and int(headers["X-Blockcache-Crc32"]) == zlib.crc32(body)
-    status, headers, _ = await get(node, "/bkt/f.bin", {"Range": f"bytes=0-{BS - 1}"})
-    assert status == 206 and "X-Blockcache-Crc32" not in headers  # a miss, not forwarded
