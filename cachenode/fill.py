@@ -83,7 +83,8 @@ class Filler:
             return ob
         self._metrics.misses.inc()
         landed = self._landed.get(bid)
-        if landed is not None:  # fetched a moment ago; its write is still under way
+        # Fetched a moment ago, its write still under way (and of this very block's length).
+        if landed is not None and len(landed) == ref.length:
             self._metrics.fills_deduped.inc()
             return landed
         if not self._flight.running(bid) and len(self._flight) >= self._config.max_waiting_fills:

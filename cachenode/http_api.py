@@ -117,9 +117,10 @@ def object_headers(meta: ObjectMeta) -> dict[str, str]:
     }
 
 
-def _small_int(text: str | None) -> int:
-    """Return a small non-negative header integer (0 if absent or not a number)."""
-    return min(int(text), 16) if text is not None and text.isdigit() and len(text) < 4 else 0
+def _small_int(text: str | None, limit: int = 16) -> int:
+    """Return a non-negative header integer capped at `limit` (0 if absent or not one)."""
+    ok = text is not None and text.isascii() and text.isdigit() and len(text) < 20
+    return min(int(text), limit) if ok else 0  # type: ignore[arg-type]
 
 
 def _abort(request: web.Request) -> None:
@@ -216,10 +217,9 @@ class HttpApi:
         hops = _small_int(request.headers.get(HOPS))
         cached_only = request.headers.get(CACHED_ONLY) == "1"
         meta = await self._pinned(request, bucket, key, hops, cached_only)
-        if request.headers.get(EPOCH, "0").isdigit():
-            epoch = int(request.headers.get(EPOCH, "0"))
-            if epoch and epoch != self._service.router.epoch:
-                self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
+        epoch = _small_int(request.headers.get(EPOCH), limit=2**63)
+        if epoch and epoch != self._service.router.epoch:
+            self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
         headers = object_headers(meta)
         status, span = 200, Span(0, meta.size - 1)
         rng = request.headers.get("Range")
@@ -290,7 +290,7 @@ class HttpApi:
         want = request.headers.get("If-Match")
         size = request.headers.get(SIZE, "")
         trusted = None
-        if hops and want and size.isdigit() and len(size) < 20:
+        if hops and want and want.strip() != "*" and size.isdigit() and len(size) < 20:
             trusted = ObjectMeta(bucket, key, int(size), want.strip())
             if cached_only:
                 validate_name(bucket, key)
@@ -304,10 +304,16 @@ class HttpApi:
         if want is None or want.strip() in ("*", meta.etag):
             return meta
         self._service.invalidate(bucket, key)  # ours may be the stale one
-        meta = await self._service.stat(bucket, key)
-        if want.strip() != meta.etag:
+        try:
+            fresh = await self._service.stat(bucket, key)
+        except (OriginUnavailable, OriginDenied):
+            self._service.remember(meta)  # keep what we knew while the origin is away
+            if trusted is None:
+                raise
+            return trusted
+        if want.strip() != fresh.etag:
             raise PreconditionFailed(bucket, key, want.strip())
-        return meta
+        return fresh
 
     async def _send(self, sender: SocketSender, chunk: Chunk) -> None:
         if isinstance(chunk, FileChunk):

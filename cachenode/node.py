@@ -131,7 +131,8 @@ class CacheNode:
             "etcd_healthy": m.healthy if m is not None else None,
             "block_size": self.config.block_size_bytes,
             "members": [{"id": r.id, "http": r.http, "grpc": r.grpc, "weight": r.weight,
-                         "state": r.state, "share": round(shares.get(r.id, 0.0), 6)}
+                         "state": r.state, "block_size": r.block_size,
+                         "share": round(shares.get(r.id, 0.0), 6)}
                         for r in sorted(members.values(), key=lambda r: r.id)],
         }
 

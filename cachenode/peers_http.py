@@ -50,8 +50,9 @@ class HttpPeerClient:
             raise aiohttp.ClientConnectionError("peer client closed (node shutting down)")
         if self._session is None:
             self._session = aiohttp.ClientSession(
+                # Per host: the router's 64 peer reads plus handoff questions beside them.
                 connector=aiohttp.TCPConnector(limit=self._max_connections,
-                                               limit_per_host=64),
+                                               limit_per_host=128),
                 timeout=aiohttp.ClientTimeout(total=self._timeout_s,
                                               sock_connect=CONNECT_TIMEOUT_S),
                 auto_decompress=False)
@@ -97,7 +98,11 @@ class HttpPeerClient:
                     raise ObjectChanged(meta.bucket, meta.key, meta.etag)
                 crc = r.headers.get(CRC)
                 data = await r.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        except TimeoutError as e:
+            if timeout_s:  # a short question (handoff) went unanswered: not a dead peer
+                raise PeerUnavailable(addr, f"no answer within {timeout_s:g}s") from e
+            raise self._failed(addr, f"TimeoutError: {e}") from None
+        except (aiohttp.ClientError, OSError) as e:
             raise self._failed(addr, f"{type(e).__name__}: {e}") from None
         except asyncio.CancelledError:
             current = asyncio.current_task()

@@ -22,8 +22,6 @@ from cachenode.errors import (
     CacheError,
     DiskUnavailable,
     OriginDenied,
-    OriginTimeout,
-    OriginUnavailable,
     Overloaded,
     PeerUnavailable,
     StoreFull,
@@ -41,9 +39,10 @@ PEER_READS_MAX = 64  # blocks being read from peers at once, per node (memory: x
 HANDOFF_GIVE_UP = 64  # "not here" answers (and no hit) before a node is no longer asked...
 HANDOFF_RETRY_S = 60.0  # ...for this long (or until the ring changes)
 # The peer's own trouble: ask the next owner. (A 404 or 416 is the object's, and final; so is
-# a peer's fill timing out, which would only be waited for again.)
+# the origin failing or timing out for the peer: asking others would multiply the load on an
+# origin that is down or throttling. Denied credentials are that node's own problem.)
 _TRY_NEXT = (PeerUnavailable, Overloaded, StoreFull, DiskUnavailable, FlightCancelled,
-             OriginUnavailable, OriginDenied)
+             OriginDenied)
 
 
 class Member(Protocol):
@@ -207,8 +206,6 @@ class Router:
         try:
             async with self._peer_slots:
                 data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch)
-        except OriginTimeout:
-            raise
         except _TRY_NEXT as e:
             self._metrics.peer_reads.labels("failover").inc()
             log.info("block %s: owner %s failed (%s); trying the next", ref.block_id, owner, e)

@@ -111,6 +111,10 @@ class BlockService:
             raise BadRequest("max-keys must be between 1 and 1000")
         return await self._origin.list_page(bucket, prefix, token, limit)
 
+    def remember(self, meta: ObjectMeta) -> None:
+        """Cache an object's metadata for the metadata TTL."""
+        self._remember(meta)
+
     def _remember(self, meta: ObjectMeta) -> None:
         k = (meta.bucket, meta.key)
         self._meta[k] = (time.monotonic() + self._config.metadata_ttl_s, meta)

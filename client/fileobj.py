@@ -22,6 +22,7 @@ from client.errors import ClientError
 T = TypeVar("T")
 READ_TIMEOUT_S = 300.0  # one read() call
 READALL_PIECE = 64 * 2**20
+READ_PIECE = 32 * 2**20  # one round trip to the loop thread
 
 
 class _LoopThread:
@@ -97,10 +98,16 @@ class CacheFile(io.RawIOBase):
         want = min(len(view), max(0, self.info.size - self._pos))
         if want == 0:
             return 0
-        got = self._loop.run(self._client.read_range(self.info, self._pos, want))
-        view[:len(got)] = got  # copied here, on the caller's thread, never after a timeout
-        self._pos += len(got)
-        return len(got)
+        done = 0
+        while done < want:  # in pieces: memory and each timeout stay per piece
+            n = min(READ_PIECE, want - done)
+            got = self._loop.run(self._client.read_range(self.info, self._pos + done, n))
+            view[done:done + len(got)] = got  # copied on the caller's thread, never late
+            done += len(got)
+            if len(got) < n:
+                break
+        self._pos += done
+        return done
 
     def readall(self) -> bytes:
         """Read from the position to the end (in pieces of at most READALL_PIECE bytes)."""

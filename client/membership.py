@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ class Member:
     grpc: str
     weight: int = 100
     state: str = "up"
+    block_size: int = 0  # 0: not said
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,9 +56,10 @@ async def from_seeds(session: aiohttp.ClientSession, seeds: Sequence[str],
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
             errors.append(f"{seed}: {e or type(e).__name__}")
             continue
-        members = {m["id"]: Member(m["id"], m["http"], m["grpc"], int(m["weight"]), m["state"])
+        members = {m["id"]: Member(m["id"], m["http"], m["grpc"], int(m["weight"]), m["state"],
+                                   int(m.get("block_size", 0)))
                    for m in view["members"]}
-        return GroupView(members, int(view["block_size"]), int(view.get("epoch", 0)))
+        return _same_block_size(members, int(view["block_size"]), int(view.get("epoch", 0)))
     if not seeds:
         raise ClientError("no nodes given: pass --nodes host:port[,...] or --etcd URL")
     raise Unavailable("no seed node answered: " + "; ".join(errors))
@@ -79,9 +82,19 @@ async def from_etcd(session: aiohttp.ClientSession, endpoints: Sequence[str], cl
     if not records:
         raise Unavailable(f"no cache nodes registered for cluster {cluster!r} site {site!r} "
                           f"in etcd {','.join(endpoints)}")
-    members = {r.id: Member(r.id, r.http, r.grpc, r.weight, r.state) for r in records.values()}
+    members = {r.id: Member(r.id, r.http, r.grpc, r.weight, r.state, r.block_size)
+               for r in records.values()}
+    sizes = Counter(m.block_size for m in members.values() if m.block_size)
+    if sizes:  # the nodes say their block size: the most common one is the group's
+        return _same_block_size(members, sizes.most_common(1)[0][0], 0)
     view = await from_seeds(session, [m.http for m in members.values()], timeout_s)
-    return GroupView(members, view.block_size, view.epoch)
+    return _same_block_size(members, view.block_size, view.epoch)
+
+
+def _same_block_size(members: dict[str, Member], block_size: int, epoch: int) -> GroupView:
+    """Return the group without members that use another block size (the nodes skip them)."""
+    kept = {i: m for i, m in members.items() if m.block_size in (0, block_size)}
+    return GroupView(kept, block_size, epoch)
 
 
 async def _read_site(endpoint: str, cluster: str, site: str) -> dict[str, Any]:

@@ -519,3 +519,36 @@ async def test_forwarded_reads_of_memory_blocks_carry_a_crc(node: Node) -> None:
     status, headers, body = await get(node, "/bkt/f.bin", {"Range": f"bytes={BS}-{2 * BS - 1}",
                                                            "X-Blockcache-Hops": "1"})
     assert status == 206 and int(headers["X-Blockcache-Crc32"]) == zlib.crc32(body)
+
+
+@pytest.mark.asyncio
+async def test_an_unanswered_handoff_question_does_not_mark_the_peer_down() -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from cachenode.blocks import BlockRef, ObjectMeta
+    from cachenode.errors import PeerUnavailable
+    from cachenode.metrics import NodeMetrics
+    from cachenode.peers_http import HttpPeerClient
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    addr = f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    peers = HttpPeerClient(NodeMetrics(), timeout_s=30.0)
+    try:
+        ref = BlockRef(ObjectMeta("bkt", "k", BS, '"e"'), 0, BS)
+        with pytest.raises(PeerUnavailable, match="no answer within 0.2s"):
+            await peers.read_block(addr, ref, hops=1, epoch=1, cached_only=True, timeout_s=0.2)
+        assert not peers.is_down(addr)  # busy is not dead: its blocks are still read from it
+    finally:
+        await peers.close()
+        await runner.cleanup()
