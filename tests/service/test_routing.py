@@ -255,3 +255,19 @@ async def test_a_source_leaving_during_a_handoff_is_skipped(group: Group) -> Non
 
     d.peers.read_block = leave_meanwhile  # type: ignore[method-assign]
     assert await d.read(r) == data[r.start:r.start + BS]
+
+
+def test_nodes_with_another_block_size_are_left_off_the_ring(group: Group) -> None:
+    a = group.nodes["a"].router
+    a.update({"a": Rec("a", block_size=BS), "b": Rec("b", block_size=BS),
+              "c": Rec("c", block_size=2 * BS)}, 50)
+    assert a.ring is not None and a.ring.nodes == {"a", "b"}
+
+
+def test_the_client_skips_members_with_another_block_size() -> None:
+    from client.membership import Member, _same_block_size
+
+    members = {"a": Member("a", "h:1", "h:2", block_size=BS), "b": Member("b", "h:3", "h:4"),
+               "c": Member("c", "h:5", "h:6", block_size=2 * BS)}
+    view = _same_block_size(members, BS, 7)
+    assert set(view.members) == {"a", "b"} and view.block_size == BS and view.epoch == 7
