@@ -118,5 +118,11 @@ class NodeProcess:
 
     def blocks_on_disk(self) -> int:
         """Return the bytes of block files under the data dir."""
-        root = self.data_dir / "blocks"
-        return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+        total = 0
+        for f in (self.data_dir / "blocks").rglob("*"):
+            try:
+                if f.is_file():
+                    total += f.stat().st_size
+            except FileNotFoundError:
+                pass  # evicted while we looked
+        return total
