@@ -171,7 +171,7 @@ async def test_etcd_down_keeps_the_view_and_rejoins(tmp_path: Path, cluster: str
             await until(lambda: a.ids() == b.ids() == {"n1", "n2"})
             view, epoch, calls = dict(a.m.members), a.m.epoch, len(a.views)
             await asyncio.to_thread(own.kill)
-            await until(lambda: not a.m.healthy and not b.m.healthy, timeout_s=1)
+            await until(lambda: not a.m.healthy and not b.m.healthy, timeout_s=3)
             await asyncio.sleep(2 * TTL_S)  # longer than the lease; the view must stay
             assert dict(a.m.members) == view and a.m.epoch == epoch and len(a.views) == calls
             with pytest.raises(MembershipError):
@@ -240,7 +240,7 @@ async def test_partitioned_member_keeps_its_view_and_rejoins(etcd: Etcd, cluster
             await until(lambda: a.ids() == b.ids() == {"n1", "n2"})
             view, calls = dict(b.m.members), len(b.views)
             await relay.cut()
-            await until(lambda: not b.m.healthy, timeout_s=1)
+            await until(lambda: not b.m.healthy, timeout_s=3)
             async with nodes(etcd.endpoint, cluster, "n3") as (c,):  # joins while b is cut off
                 await until(lambda: a.ids() == {"n1", "n3"}, timeout_s=TTL_S + 2,
                             what="n2's lease expired at n1")
@@ -314,5 +314,5 @@ async def test_close_is_bounded_when_etcd_is_gone(tmp_path: Path, cluster: str,
         getattr(own, fault)()
         t0 = time.monotonic()
         await n.m.close()
-        assert time.monotonic() - t0 < 2.0 and not n.m.healthy
+        assert time.monotonic() - t0 < 3.0 and not n.m.healthy  # close_timeout 1.5 s + slack
         assert n.ids() == {"n1"} and len(n.views) == 1
