@@ -83,7 +83,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadRange(self, request: pb.ReadRangeRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            meta = await self._pinned(request.bucket, request.key, request.etag)
+            meta = await self._service.pinned(request.bucket, request.key, request.etag)
             start = request.offset
             end = meta.size - 1 if request.length < 0 else start + request.length - 1
             end = min(end, meta.size - 1)
@@ -106,7 +106,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadBlock(self, request: pb.ReadBlockRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            meta = await self._pinned(request.bucket, request.key, request.etag)
+            meta = await self._service.pinned(request.bucket, request.key, request.etag)
             if request.object_size != meta.size:  # the block id does not cover the size
                 raise BadRequest(f"object_size {request.object_size} does not match the "
                                  f"{meta.size} bytes of s3://{meta.bucket}/{meta.key}")
@@ -132,16 +132,6 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
                 raise BlockNotCached(ref.block_id)
             return data
         return await self._service.router.read_block_bytes(ref, hops=request.hops)
-
-    async def _pinned(self, bucket: str, key: str, etag: str) -> ObjectMeta:
-        """Return the object's metadata, checking that it still has `etag` (if given)."""
-        meta = await self._service.stat(bucket, key)
-        if etag and etag != meta.etag:
-            self._service.invalidate(bucket, key)  # ours may be the stale one
-            meta = await self._service.stat(bucket, key)
-            if etag != meta.etag:
-                raise ObjectChanged(bucket, key, etag)
-        return meta
 
     async def _abort(self, context: grpc.aio.ServicerContext, method: str,
                      err: CacheError) -> None:

@@ -287,33 +287,15 @@ class HttpApi:
         is answered from disk without asking the origin, and while the origin is out of
         reach the pin is trusted, so blocks held here are still served to the group.
         """
-        want = request.headers.get("If-Match")
+        want = (request.headers.get("If-Match") or "").strip()
         size = request.headers.get(SIZE, "")
         trusted = None
-        if hops and want and want.strip() != "*" and size.isdigit() and len(size) < 20:
-            trusted = ObjectMeta(bucket, key, int(size), want.strip())
+        if hops and want not in ("", "*") and size.isdigit() and len(size) < 20:
+            trusted = ObjectMeta(bucket, key, int(size), want)
             if cached_only:
                 validate_name(bucket, key)
                 return trusted
-        try:
-            meta = await self._service.stat(bucket, key)
-        except (OriginUnavailable, OriginDenied):
-            if trusted is None:
-                raise
-            return trusted
-        if want is None or want.strip() in ("*", meta.etag):
-            return meta
-        self._service.invalidate(bucket, key)  # ours may be the stale one
-        try:
-            fresh = await self._service.stat(bucket, key)
-        except (OriginUnavailable, OriginDenied):
-            self._service.remember(meta)  # keep what we knew while the origin is away
-            if trusted is None:
-                raise
-            return trusted
-        if want.strip() != fresh.etag:
-            raise PreconditionFailed(bucket, key, want.strip())
-        return fresh
+        return await self._service.pinned(bucket, key, want, trusted)
 
     async def _send(self, sender: SocketSender, chunk: Chunk) -> None:
         if isinstance(chunk, FileChunk):

@@ -1,8 +1,9 @@
-"""Read blocks from other cache nodes over gRPC (ReadBlock), checking size and checksum.
+"""Read whole blocks from a cache node over gRPC (ReadBlock), checking size and checksum.
 
-gRPC rather than HTTP for node-to-node reads: the stream carries the owner's crc32 of the
-whole block, typed errors (the cache error's class name in trailing metadata) and the hop
-count; keepalive pings notice a hung peer (kernel alive, process stopped) within seconds.
+Nodes read from each other over HTTP (cachenode/peers_http.py: measured faster and cheaper,
+see README "Choices"). This gRPC reader stays for gRPC clients of ReadBlock and for the
+side-by-side measurement in loadtest/peer_transport.py; it maps the cache error named in the
+trailing metadata back to its class, and keepalive pings notice a hung node within seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from cachenode.pb import blockcache_pb2_grpc as pb_grpc
 log = logging.getLogger(__name__)
 ERROR_KEY = "blockcache-error"  # trailing metadata: the CacheError class name
 PEER_DOWN_S = 2.0  # after a transport failure, skip the peer this long
-FORGET_AFTER_S = 60.0  # close the channel of a peer that left the group this long ago
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 8 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 5000),
@@ -41,26 +41,12 @@ class PeerClient:
         self._metrics, self._timeout_s = metrics, timeout_s
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.BlockCacheStub]] = {}
         self._down_until: dict[str, float] = {}  # guarded by the loop
-        self._gone_since: dict[str, float] = {}  # addresses that left the group, and when
 
     async def close(self) -> None:
         """Close every channel."""
         channels, self._channels = self._channels, {}
         await asyncio.gather(*(ch.close() for ch, _ in channels.values()),
                              return_exceptions=True)
-
-    def forget(self, keep: set[str]) -> None:
-        """Close channels to addresses out of the group for a while (calls on them may run)."""
-        now = time.monotonic()
-        for addr in keep:
-            self._gone_since.pop(addr, None)
-        for addr in [a for a in self._channels if a not in keep]:
-            since = self._gone_since.setdefault(addr, now)
-            if now - since > FORGET_AFTER_S:  # a membership flap keeps its channel
-                ch, _ = self._channels.pop(addr)
-                asyncio.ensure_future(ch.close(grace=self._timeout_s))
-                self._gone_since.pop(addr, None)
-                self._down_until.pop(addr, None)
 
     def is_down(self, addr: str) -> bool:
         """Return whether a recent transport failure says to skip this peer for now."""

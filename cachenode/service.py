@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from cachenode import blocks
 from cachenode.blocks import BlockSlice, ObjectMeta
 from cachenode.config import NodeConfig
-from cachenode.errors import BadRequest, ObjectChanged, OriginDenied, OriginUnavailable
+from cachenode.errors import (
+    BadRequest,
+    ObjectChanged,
+    OriginDenied,
+    OriginUnavailable,
+    PreconditionFailed,
+)
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import Origin
@@ -111,9 +117,33 @@ class BlockService:
             raise BadRequest("max-keys must be between 1 and 1000")
         return await self._origin.list_page(bucket, prefix, token, limit)
 
-    def remember(self, meta: ObjectMeta) -> None:
-        """Cache an object's metadata for the metadata TTL."""
-        self._remember(meta)
+    async def pinned(self, bucket: str, key: str, etag: str,
+                     trusted: ObjectMeta | None = None) -> ObjectMeta:
+        """Return the metadata of the version `etag` names (any version if empty).
+
+        Metadata that disagrees is looked up again (ours may be the stale one);
+        PreconditionFailed if the origin no longer has that version. `trusted`, a peer's
+        pin, is returned when the origin cannot be asked.
+        """
+        try:
+            meta = await self.stat(bucket, key)
+        except (OriginUnavailable, OriginDenied):
+            if trusted is None:
+                raise
+            return trusted
+        if not etag or etag in ("*", meta.etag):
+            return meta
+        self.invalidate(bucket, key)
+        try:
+            fresh = await self.stat(bucket, key)
+        except (OriginUnavailable, OriginDenied):
+            self._remember(meta)  # keep what we knew while the origin is away
+            if trusted is None:
+                raise
+            return trusted
+        if etag != fresh.etag:
+            raise PreconditionFailed(bucket, key, etag)
+        return fresh
 
     def _remember(self, meta: ObjectMeta) -> None:
         k = (meta.bucket, meta.key)

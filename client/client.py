@@ -16,9 +16,10 @@ import time
 import urllib.parse
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 import aiohttp
 
@@ -28,6 +29,7 @@ from client.errors import ClientError, NotFound, ObjectChanged, Unavailable
 from client.membership import GroupView, Member, base_url, from_etcd, from_seeds
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 OWNERS_TRIED = 3
 
 
@@ -40,6 +42,27 @@ class ObjectInfo:
     size: int
     etag: str
     last_modified: float = 0.0
+
+
+async def windowed(fetch: Callable[[int], Awaitable[T]], n: int,
+                   inflight: int) -> AsyncIterator[T]:
+    """Yield fetch(0), ..., fetch(n-1) in order, with up to `inflight` of them running."""
+    pending: deque[asyncio.Future[T]] = deque()
+    todo = iter(range(n))
+    try:
+        while True:
+            while len(pending) < inflight:
+                i = next(todo, None)
+                if i is None:
+                    break
+                pending.append(asyncio.ensure_future(fetch(i)))
+            if not pending:
+                return
+            yield await pending.popleft()
+    finally:
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 class CacheClient:
@@ -170,23 +193,15 @@ class CacheClient:
             raise ClientError(f"offset {start} is outside s3://{info.bucket}/{info.key} "
                               f"({info.size} bytes)")
         bs = view.block_size
-        todo = iter(range(start // bs, (end + bs - 1) // bs) if end > start else ())
-        pending: deque[asyncio.Task[bytes]] = deque()
-        try:
-            while True:
-                while len(pending) < self.concurrency:
-                    i = next(todo, None)
-                    if i is None:
-                        break
-                    lo, hi = max(start, i * bs), min(end, (i + 1) * bs)
-                    pending.append(asyncio.ensure_future(self._block(info, i, lo, hi)))
-                if not pending:
-                    return
-                yield await pending.popleft()
-        finally:
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        first = start // bs
+        count = (end + bs - 1) // bs - first if end > start else 0
+
+        def block(k: int) -> Awaitable[bytes]:
+            i = first + k
+            return self._block(info, i, max(start, i * bs), min(end, (i + 1) * bs))
+
+        async for data in windowed(block, count, self.concurrency):
+            yield data
 
     async def _block(self, info: ObjectInfo, index: int, lo: int, hi: int) -> bytes:
         """Return bytes [lo, hi) of one block, from its owner or whoever answers."""

@@ -49,8 +49,8 @@ class _LoopThread:
         except BaseException:
             fut.cancel()  # the coroutine must not go on writing after we gave up on it
             try:
-                fut.result(5)
-            except BaseException:
+                fut.result(5)  # let it finish cancelling
+            except BaseException:  # noqa: S110 - its cancellation or failure; ours is raised
                 pass
             raise
 

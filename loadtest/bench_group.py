@@ -41,8 +41,7 @@ import tempfile
 import time
 import traceback
 import zlib
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
@@ -52,6 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from client.client import windowed  # the client's own in-order window
 from loadtest import harness as h
 
 MiB, GiB = h.MiB, h.GiB
@@ -94,26 +94,6 @@ def write_random_file(path: Path, size: int) -> list[int]:
 
 
 # ---------------------------------------------------------------- loaders (worker processes)
-
-async def windowed(fetch: Callable[[int], Awaitable[bytes]], n: int,
-                   inflight: int) -> AsyncIterator[bytes]:
-    """Yield fetch(0..n-1) in order with up to `inflight` fetches running (like CacheClient)."""
-    pending: deque[asyncio.Future[bytes]] = deque()
-    todo = iter(range(n))
-    try:
-        while True:
-            while len(pending) < inflight:
-                i = next(todo, None)
-                if i is None:
-                    break
-                pending.append(asyncio.ensure_future(fetch(i)))
-            if not pending:
-                return
-            yield await pending.popleft()
-    finally:
-        for t in pending:
-            t.cancel()
-
 
 class Check:
     """Per-loader byte and checksum accounting."""

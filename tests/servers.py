@@ -72,6 +72,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def spawn(command: list[str], cwd: Path, env: dict[str, str],
+          log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a server in its own session (own process group), logging to `log_path`."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def weed_binary() -> str:
     """Return the path of the `weed` binary installed next to this Python, else on PATH."""
     here = Path(sys.executable).parent / "weed"
@@ -156,10 +164,7 @@ class SeaweedFS:
         self.ports = {name: free_port() for name in names}
         # One new volume per bucket (collection) instead of 7, so many buckets fit.
         env = {**os.environ, "WEED_MASTER_VOLUME_GROWTH_COPY_1": "1"}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=self.base_dir, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = spawn(self.command(), self.base_dir, env, self.log_path)
         atexit.register(self.stop)
         try:
             self._wait_ready(t0 + self.start_timeout_s)
@@ -354,10 +359,7 @@ class Etcd:
         if not self.client_port:
             self.client_port, self.peer_port = free_port(), free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), cwd=self.base_dir, env=env,
-                                         stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = spawn(self.command(), self.base_dir, env, self.log_path)
         atexit.register(self.stop)
         try:
             self._wait_ready(t0 + self.start_timeout_s)
