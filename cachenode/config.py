@@ -9,7 +9,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 ENV_PREFIX = "CACHENODE_"
 MAX_WEIGHT = 10_000  # x 3 virtual nodes each: ring builds stay fast
@@ -187,38 +187,52 @@ class NodeConfig:
     def from_args(cls, argv: Sequence[str] | None = None,
                   env: Mapping[str, str] | None = None) -> NodeConfig:
         """Return the config from flags, then CACHENODE_* / AWS_* env, then defaults."""
-        env = os.environ if env is None else env
-        ns = build_parser().parse_args(argv)
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            meta = f.metadata
-            env_names = [ENV_PREFIX + meta["flag"][2:].replace("-", "_").upper()]
-            env_names += [meta["env"]] if meta["env"] else []
-            raw = getattr(ns, f.name)
-            source = meta["flag"]
-            if raw is None:
-                found = [(n, env[n]) for n in env_names if env.get(n)]
-                if not found:
-                    continue
-                source, raw = found[0]
-            try:
-                values[f.name] = meta["parse"](raw)
-            except (ConfigError, ValueError) as e:
-                raise ConfigError(f"{source}: {e}") from None
-        return cls(**values)
+        return load_config(cls, build_parser(), ENV_PREFIX, argv, env)
+
+
+C = TypeVar("C")
+
+
+def load_config(cls: type[C], parser: argparse.ArgumentParser, env_prefix: str,
+                argv: Sequence[str] | None, env: Mapping[str, str] | None) -> C:
+    """Return a config dataclass from flags, then `env_prefix`* / extra env, then defaults."""
+    env = os.environ if env is None else env
+    ns = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in fields(cls):  # type: ignore[arg-type]
+        meta = f.metadata
+        env_names = [env_prefix + meta["flag"][2:].replace("-", "_").upper()]
+        env_names += [meta["env"]] if meta["env"] else []
+        raw = getattr(ns, f.name)
+        source = meta["flag"]
+        if raw is None:
+            found = [(n, env[n]) for n in env_names if env.get(n)]
+            if not found:
+                continue
+            source, raw = found[0]
+        try:
+            values[f.name] = meta["parse"](raw)
+        except (ConfigError, ValueError) as e:
+            raise ConfigError(f"{source}: {e}") from None
+    return cls(**values)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser documenting every option of `cachenode`."""
-    p = argparse.ArgumentParser(
-        prog="cachenode",
-        description="blockcache node: serves byte ranges of S3 objects from local disk blocks, "
+    return make_parser(
+        NodeConfig, "cachenode", ENV_PREFIX,
+        "blockcache node: serves byte ranges of S3 objects from local disk blocks, "
         "filling misses from the origin once. Every option can also be set with a "
         f"{ENV_PREFIX}<OPTION> environment variable (e.g. {ENV_PREFIX}CAPACITY=20GiB). Origin "
         "credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or any botocore "
-        "credential source).",
-    )
-    for f in fields(NodeConfig):
+        "credential source).")
+
+
+def make_parser(cls: type[Any], prog: str, env_prefix: str,
+                description: str) -> argparse.ArgumentParser:
+    """Return an argument parser with one flag per field of a config dataclass."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    for f in fields(cls):
         meta = f.metadata
         default: Any = f.default
         if default is MISSING:
@@ -226,8 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(default, tuple):
             default = ",".join(map(str, default)) if f.name == "etcd_endpoints" else (
                 f"{default[0]}:{default[1]}")
-        env_name = ENV_PREFIX + meta["flag"][2:].replace("-", "_").upper()
+        env_name = env_prefix + meta["flag"][2:].replace("-", "_").upper()
         extra = f", or {meta['env']}" if meta["env"] else ""
-        p.add_argument(meta["flag"], dest=f.name, default=None, metavar=env_name[len(ENV_PREFIX):],
+        p.add_argument(meta["flag"], dest=f.name, default=None, metavar=env_name[len(env_prefix):],
                        help=f"{meta['help']} [env {env_name}{extra}; default {default}]")
     return p

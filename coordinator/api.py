@@ -1,0 +1,227 @@
+"""The coordinator's HTTP API (API.md): validate, read or write etcd, answer JSON.
+
+Any replica answers; requests only write etcd (a new job, a cancel or eviction request, a
+pin, a policy) and the leader acts on them. Validation happens here, before anything is
+written: a bad prefix, site or pattern, or a prefix with nothing in it, changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import (
+    BadRequest,
+    BadSite,
+    Conflict,
+    CoordinatorError,
+    EmptyPrefix,
+    NotFound,
+)
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.model import Job, Version, check_site, model_of, new_job_id, parse_prefix
+from coordinator.nodes import NodeFailed, Nodes
+from coordinator.origin import Lister
+from coordinator.state import StateStore
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 64 * 1024
+
+
+def _error(err: CoordinatorError) -> web.Response:
+    body = json.dumps({"error": type(err).__name__, "reason": str(err)}) + "\n"
+    return web.Response(status=err.status, text=body, content_type="application/json")
+
+
+def _json(data: dict[str, Any], status: int = 200) -> web.Response:
+    return web.Response(status=status, text=json.dumps(data) + "\n",
+                        content_type="application/json")
+
+
+class CoordinatorApi:
+    """aiohttp routes over the state store."""
+
+    def __init__(self, config: CoordinatorConfig, store: StateStore, nodes: Nodes,
+                 lister: Lister, metrics: CoordinatorMetrics,
+                 health: Callable[[], dict[str, Any]], wake: Callable[[], None]) -> None:
+        self._cfg, self._store, self._nodes, self._lister = config, store, nodes, lister
+        self._metrics, self._health, self._wake = metrics, health, wake
+
+    def app(self) -> web.Application:
+        """Return the aiohttp application."""
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        r = app.router
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/metrics", self._metrics_page)
+        r.add_post("/v1/jobs", self._create_job)
+        r.add_get("/v1/jobs", self._jobs)
+        r.add_get("/v1/jobs/{id}", self._job)
+        r.add_post("/v1/jobs/{id}/cancel", self._cancel)
+        r.add_get("/v1/models", self._models)
+        r.add_post("/v1/pin", self._pin)
+        r.add_post("/v1/unpin", self._unpin)
+        r.add_post("/v1/evict", self._evict)
+        r.add_get("/v1/sites/{site}/policy", self._policy)
+        r.add_put("/v1/sites/{site}/policy", self._set_policy)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CoordinatorError as e:
+            return _error(e)
+        except NodeFailed as e:
+            return _error(CoordinatorError(str(e)))
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("the body is not JSON") from None
+        except web.HTTPRequestEntityTooLarge:
+            raise BadRequest(f"the body is larger than {MAX_BODY} bytes") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return _json(self._health())
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self._metrics.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def _create_job(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        bucket, prefix = parse_prefix(body.get("prefix"))  # type: ignore[arg-type]
+        sites = body.get("sites")
+        if isinstance(sites, str):
+            sites = [s for s in sites.split(",") if s]
+        if not isinstance(sites, list) or not sites:
+            raise BadSite("name at least one site (\"sites\": [\"hz\"])")
+        sites = list(dict.fromkeys(check_site(s) for s in sites))
+        pattern = body.get("pattern")
+        if pattern is not None and not isinstance(pattern, str):
+            raise BadRequest("pattern must be a string")
+        model, version = model_of(bucket, prefix, pattern or self._cfg.model_pattern)
+        for site in sites:
+            await self._site_exists(site)
+        await self._not_empty(bucket, prefix)
+        job = Job(new_job_id(), bucket, prefix, sites, model, version,
+                  verify=bool(body.get("verify", False)))
+        await self._store.create_job(job)
+        log.info("job %s: warm %s onto %s (%s %s)", job.id, job.prefix, ",".join(sites),
+                 model, version)
+        self._wake()
+        return _json({"job": job.to_dict()}, 201)
+
+    async def _site_exists(self, site: str) -> None:
+        try:
+            view = await self._nodes.view(site)
+        except BadSite:
+            known = await self._store.sites()
+            raise BadSite(f"site {site!r} has no cache nodes registered in cluster "
+                          f"{self._cfg.cluster!r} (sites with nodes: "
+                          f"{', '.join(known) or 'none'})") from None
+        if not any(m.state == "up" for m in view.members.values()):
+            raise BadSite(f"site {site!r} has no cache node up")
+
+    async def _not_empty(self, bucket: str, prefix: str) -> None:
+        async for page in self._lister.pages(bucket, prefix, limit=100):
+            if page:
+                return
+        raise EmptyPrefix(f"no objects under s3://{bucket}/{prefix}: nothing to warm")
+
+    async def _jobs(self, request: web.Request) -> web.Response:
+        try:
+            limit = max(1, min(1000, int(request.query.get("limit", "50"))))
+        except ValueError:
+            raise BadRequest("limit must be a number") from None
+        cancels = await self._store.cancel_requests()
+        jobs = (await self._store.list_jobs())[:limit]
+        for j in jobs:
+            j.cancel_requested = j.id in cancels
+        return _json({"jobs": [j.to_dict() for j in jobs]})
+
+    async def _get_job(self, job_id: str) -> Job:
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        job.cancel_requested = job_id in await self._store.cancel_requests()
+        return job
+
+    async def _job(self, request: web.Request) -> web.Response:
+        return _json({"job": (await self._get_job(request.match_info["id"])).to_dict()})
+
+    async def _cancel(self, request: web.Request) -> web.Response:
+        job = await self._get_job(request.match_info["id"])
+        if job.finished_state:
+            raise Conflict(f"job {job.id} already ended ({job.state})")
+        await self._store.request_cancel(job.id)
+        job.cancel_requested = True
+        self._wake()
+        return _json({"job": job.to_dict()})
+
+    # -- versions ---------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        site = request.query.get("site")
+        versions = await self._store.list_versions(check_site(site) if site else None)
+        return _json({"versions": [v.to_dict() for v in versions]})
+
+    async def _version_of(self, body: dict[str, Any], create: bool = False) -> Version:
+        """Return the version a {prefix, site} body names (NotFound unless `create`)."""
+        bucket, prefix = parse_prefix(body.get("prefix"))  # type: ignore[arg-type]
+        site = check_site(body.get("site"))
+        for v in await self._store.list_versions(site):
+            if (v.bucket, v.key_prefix) == (bucket, prefix):
+                return v
+        if not create:
+            raise NotFound(f"site {site} has no version at s3://{bucket}/{prefix} "
+                           "(warm it first; `cachectl models` lists them)")
+        model, version = model_of(bucket, prefix, self._cfg.model_pattern)
+        return Version(site, model, version, bucket, prefix, state="evicting")
+
+    async def _pin(self, request: web.Request) -> web.Response:
+        return await self._set_pin(request, True)
+
+    async def _unpin(self, request: web.Request) -> web.Response:
+        return await self._set_pin(request, False)
+
+    async def _set_pin(self, request: web.Request, pinned: bool) -> web.Response:
+        v = await self._version_of(await self._body(request))
+        await self._store.set_pin(v.site, v.model, v.version, pinned)
+        v.pinned = pinned
+        return _json({"version": v.to_dict()})
+
+    async def _evict(self, request: web.Request) -> web.Response:
+        v = await self._version_of(await self._body(request), create=True)
+        if v.pinned:
+            raise Conflict(f"{v.prefix} is pinned at site {v.site}: unpin it first")
+        await self._store.request_evict(v)
+        self._wake()
+        return _json({"version": v.to_dict()}, 202)
+
+    async def _policy(self, request: web.Request) -> web.Response:
+        site = check_site(request.match_info["site"])
+        keep = await self._store.get_keep(site) or self._cfg.keep_versions
+        return _json({"site": site, "keep": keep})
+
+    async def _set_policy(self, request: web.Request) -> web.Response:
+        site = check_site(request.match_info["site"])
+        keep = (await self._body(request)).get("keep")
+        if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= 1000:
+            raise BadRequest("keep must be a whole number from 1 to 1000")
+        await self._store.set_keep(site, keep)
+        self._wake()
+        return _json({"site": site, "keep": keep})

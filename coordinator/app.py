@@ -1,0 +1,83 @@
+"""Coordinator: one replica's lifecycle (HTTP API, election, the leader's scheduler)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from coordinator.api import CoordinatorApi
+from coordinator.config import CoordinatorConfig
+from coordinator.election import Election
+from coordinator.metrics import CoordinatorMetrics
+from coordinator.nodes import Nodes
+from coordinator.origin import Lister
+from coordinator.scheduler import Scheduler
+from coordinator.state import EtcdStateStore
+
+log = logging.getLogger("coordinator")
+
+
+class Coordinator:
+    """Serve the API on every replica; run jobs and eviction on the elected one."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        c = self.config = config
+        self.metrics = CoordinatorMetrics()
+        self.store = EtcdStateStore(c.etcd_hostports, c.cluster, c.replica_id)
+        self.nodes = Nodes(c.etcd_endpoints, c.cluster, c.node_timeout_s)
+        self.lister = Lister(c.origin_endpoint_url, c.origin_region)
+        self.scheduler = Scheduler(c, self.store, self.nodes, self.lister, self.metrics)
+        self.election = Election(self.store, round(c.lease_ttl_s),
+                                 on_change=lambda on: self.metrics.leader.set(int(on)))
+        self._runner: web.AppRunner | None = None
+        self._election_task: asyncio.Task[None] | None = None
+        self.port = 0
+
+    def health(self) -> dict[str, Any]:
+        """Return this replica's id and who leads."""
+        return {"ok": True, "id": self.config.replica_id, "leader": self.election.leading,
+                "leader_id": self.election.leader_id}
+
+    async def start(self) -> None:
+        """Start the API and join the election; close what opened if that fails."""
+        try:
+            await self.lister.start()
+            api = CoordinatorApi(self.config, self.store, self.nodes, self.lister, self.metrics,
+                                 self.health, self.scheduler.wake.set)
+            self._runner = web.AppRunner(api.app(), access_log=None)
+            await self._runner.setup()
+            host, port = self.config.http_addr
+            site = web.TCPSite(self._runner, host, port)
+            await site.start()
+            self.port = self._runner.addresses[0][1]
+            self._election_task = asyncio.create_task(self.election.run(self.scheduler.lead))
+            log.info("coordinator %s serving on %s:%d", self.config.replica_id, host, self.port)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stop leading (handing over at once), stop serving, close connections."""
+        if self._election_task is not None:
+            self._election_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._election_task
+            await self.election.resign()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.nodes.close()
+        await self.lister.close()
+        await self.store.close()
+
+    async def __aenter__(self) -> Coordinator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.close()

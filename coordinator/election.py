@@ -1,0 +1,118 @@
+"""Leader election in etcd: the replica whose id sits in the leader key, under its lease, leads.
+
+A replica campaigns by creating the key (a transaction that succeeds only if it is absent)
+with a lease, keeps the lease alive every TTL/3, and runs `lead()` while it does. When a
+refresh fails for longer than the TTL allows, or etcd says the lease is gone, it stops
+`lead()` at once: by then etcd may have let another replica in. A leader killed with -9
+is replaced once its lease expires (at most one TTL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from coordinator.errors import StateUnavailable
+from coordinator.state import EtcdStateStore
+
+log = logging.getLogger(__name__)
+
+
+class Election:
+    """Campaign for leadership and run `lead()` while leading."""
+
+    def __init__(self, store: EtcdStateStore, ttl_s: int,
+                 on_change: Callable[[bool], None] | None = None) -> None:
+        self._store, self._ttl = store, max(2, ttl_s)
+        self._on_change = on_change or (lambda leading: None)
+        self.leading = False
+        self.leader_id: str | None = None
+
+    async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Campaign forever; lead whenever elected (cancel to stop)."""
+        while True:
+            try:
+                lease = await self._campaign()
+                if lease:
+                    await self._lead(lease, lead)
+                    continue
+            except StateUnavailable as e:
+                log.warning("election: %s", e)
+            await asyncio.sleep(min(1.0, self._ttl / 3))
+
+    async def resign(self) -> None:
+        """Give up leadership at once (on shutdown), so a standby takes over without waiting."""
+        if not self.leading:
+            return
+        s = self._store
+        with contextlib.suppress(StateUnavailable, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await s.call(lambda c: c.transaction(
+                    compare=[c.transactions.value(s.leader_key) == s.identity.encode()],
+                    success=[c.transactions.delete(s.leader_key)], failure=[]))
+
+    async def _campaign(self) -> int:
+        """Try to become the leader; return the lease id if this replica now leads, else 0."""
+        s = self._store
+        current = await s.call(lambda c: c.get(s.leader_key))
+        if current is not None:
+            self.leader_id = bytes(current.value).decode()
+            return 0
+        lease = await s.call(lambda c: c.lease(self._ttl))
+
+        async def txn(c: Any) -> bool:
+            ok, _ = await c.transaction(
+                compare=[c.transactions.create(s.leader_key) == 0],
+                success=[c.transactions.put(s.leader_key, s.identity.encode(), lease=lease.id)],
+                failure=[])
+            return bool(ok)
+
+        if await s.call(txn):
+            return int(lease.id)
+        with contextlib.suppress(StateUnavailable):
+            await s.call(lambda c: c.revoke_lease(lease.id))
+        return 0
+
+    async def _lead(self, lease_id: int, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run `lead()` while the lease lives; stop it when the lease may be lost."""
+        self.leading, self.leader_id = True, self._store.identity
+        self._on_change(True)
+        log.info("%s is now the coordinator leader (lease %x, ttl %ds)",
+                 self._store.identity, lease_id, self._ttl)
+        task = asyncio.create_task(lead(), name="coordinator-leader")
+        try:
+            await self._keep(lease_id, task)
+        finally:
+            self.leading = False
+            self._on_change(False)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            log.warning("%s stopped leading", self._store.identity)
+
+    async def _keep(self, lease_id: int, task: asyncio.Task[None]) -> None:
+        """Refresh the lease every TTL/3 until it is gone, too old, or `lead()` ends."""
+        s, last_ok = self._store, time.monotonic()
+        while not task.done():
+            await asyncio.wait([task], timeout=self._ttl / 3)
+            if task.done():
+                if not task.cancelled() and task.exception() is not None:
+                    log.error("leader loop failed; resigning", exc_info=task.exception())
+                await self.resign()
+                return
+            try:
+                async with asyncio.timeout(self._ttl / 3):
+                    reply = await s.call(lambda c: c.refresh_lease(lease_id))
+                if reply is None or reply.TTL <= 0:
+                    log.error("leader lease %x expired", lease_id)
+                    return
+                last_ok = time.monotonic()
+            except (StateUnavailable, TimeoutError) as e:
+                if time.monotonic() - last_ok > self._ttl * 2 / 3:
+                    log.error("cannot refresh the leader lease for %.1fs (%s); stepping down",
+                              time.monotonic() - last_ok, e)
+                    return

@@ -1,0 +1,185 @@
+"""What the coordinator keeps in etcd: warmup jobs, model versions per site, their JSON forms."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from coordinator.errors import BadPattern, BadPrefix, BadSite
+
+DEFAULT_PATTERN = r"(?P<model>.+)/(?P<version>[^/]+)"
+JOB_STATES = ("pending", "running", "complete", "failed", "cancelled")
+FINISHED = frozenset({"complete", "failed", "cancelled"})
+VERSION_STATES = ("warming", "ready", "failed", "evicting", "evicted")
+MAX_FAILED_OBJECTS = 100
+_SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def parse_prefix(url: str) -> tuple[str, str]:
+    """Return (bucket, key prefix ending in '/') from 's3://bucket/path/'."""
+    if not isinstance(url, str) or not url.startswith("s3://"):
+        raise BadPrefix(f"{url!r} is not s3://<bucket>/<prefix>/")
+    bucket, _, prefix = url[5:].partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,62}", bucket):
+        raise BadPrefix(f"{url!r}: {bucket!r} is not an S3 bucket name")
+    if not prefix.strip("/"):
+        raise BadPrefix(f"{url!r} names a whole bucket; give a model version's prefix")
+    if ".." in prefix.split("/") or "\0" in prefix or len(prefix.encode()) > 900:
+        raise BadPrefix(f"{url!r}: the prefix holds '..', a NUL or is too long")
+    return bucket, prefix.rstrip("/") + "/"
+
+
+def check_site(site: object) -> str:
+    """Return a valid site name or raise BadSite."""
+    if not isinstance(site, str) or not _SITE.fullmatch(site):
+        raise BadSite(f"{site!r} is not a site name (1-63 letters, digits, '.', '_', '-')")
+    return site
+
+
+def compile_pattern(pattern: str | None) -> re.Pattern[str]:
+    """Return the compiled model/version pattern (the default if None)."""
+    try:
+        rx = re.compile(pattern or DEFAULT_PATTERN)
+    except (re.error, TypeError) as e:
+        raise BadPattern(f"pattern {pattern!r} is not a regular expression: {e}") from None
+    if not {"model", "version"} <= set(rx.groupindex):
+        raise BadPattern(f"pattern {pattern!r} needs the named groups (?P<model>...) and "
+                         "(?P<version>...)")
+    return rx
+
+
+def model_of(bucket: str, prefix: str, pattern: str | None) -> tuple[str, str]:
+    """Return (model, version) of a prefix by the pattern, or raise BadPattern."""
+    text = f"{bucket}/{prefix}".rstrip("/")
+    m = compile_pattern(pattern).fullmatch(text)
+    if m is None or not m.group("model") or not m.group("version"):
+        raise BadPattern(f"pattern {pattern or DEFAULT_PATTERN!r} does not split {text!r} "
+                         "into a model and a version")
+    return m.group("model"), m.group("version")
+
+
+@dataclass
+class Progress:
+    """Counts of one warmup (one site, or the sum of all)."""
+
+    objects: int = 0
+    blocks_total: int = 0
+    blocks_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    blocks_failed: int = 0
+    origin_fills: int = 0
+    present: int = 0
+    retries: int = 0
+    rate_bytes_per_s: float = 0.0
+    eta_s: float | None = None
+
+    def add(self, other: Progress) -> None:
+        """Add another site's counts to these (rate added, ETA the longest)."""
+        for f in fields(self):
+            if f.name != "eta_s":
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        if other.eta_s is not None:
+            self.eta_s = max(self.eta_s or 0.0, other.eta_s)
+
+
+@dataclass
+class FailedObject:
+    """An object some of whose blocks could not be warmed, and why."""
+
+    site: str
+    key: str
+    blocks: int
+    error: str
+    reason: str
+
+
+@dataclass
+class Job:
+    """A warmup of one prefix onto one or more sites."""
+
+    id: str
+    bucket: str
+    key_prefix: str
+    sites: list[str]
+    model: str
+    version: str
+    verify: bool = False
+    state: str = "pending"
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    leader: str | None = None
+    runs: int = 0  # how many leaders have started it (a resume is run 2+)
+    progress: Progress = field(default_factory=Progress)
+    sites_progress: dict[str, Progress] = field(default_factory=dict)
+    failed_objects: list[FailedObject] = field(default_factory=list)
+
+    @property
+    def prefix(self) -> str:
+        """Return the s3:// URL of the prefix."""
+        return f"s3://{self.bucket}/{self.key_prefix}"
+
+    @property
+    def finished_state(self) -> bool:
+        """Return whether the job has ended."""
+        return self.state in FINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form (API.md)."""
+        d = asdict(self)
+        d["prefix"] = self.prefix
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Job:
+        """Return a job from its JSON form."""
+        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
+        d["progress"] = Progress(**d.get("progress", {}))
+        d["sites_progress"] = {s: Progress(**p) for s, p in d.get("sites_progress", {}).items()}
+        d["failed_objects"] = [FailedObject(**f) for f in d.get("failed_objects", [])]
+        return cls(**d)
+
+
+def new_job_id() -> str:
+    """Return a fresh, short job id."""
+    return "w-" + secrets.token_hex(4)
+
+
+@dataclass
+class Version:
+    """One version of one model at one site."""
+
+    site: str
+    model: str
+    version: str
+    bucket: str
+    key_prefix: str
+    state: str = "warming"
+    bytes: int = 0
+    objects: int = 0
+    pinned: bool = False  # filled in from the pin keys when read
+    ready_at: float | None = None
+    updated: float = field(default_factory=time.time)
+    job: str | None = None
+
+    @property
+    def prefix(self) -> str:
+        """Return the s3:// URL of the version's prefix."""
+        return f"s3://{self.bucket}/{self.key_prefix}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON form (API.md)."""
+        d = asdict(self)
+        d["prefix"] = self.prefix
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Version:
+        """Return a version from its JSON form."""
+        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})

@@ -1,0 +1,110 @@
+"""Pure planning, no I/O: which node warms which blocks, and which versions leave a site."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cachenode.blocks import ObjectMeta, block_count, block_id
+from cachenode.ring import Ring
+from coordinator.model import Version
+
+RETRYABLE = frozenset({"OriginUnavailable", "OriginTimeout", "StoreFull", "DiskUnavailable",
+                       "Overloaded", "FlightCancelled", "Unreachable", "NodeError"})
+
+
+@dataclass(slots=True)
+class BlockTask:
+    """One block to put on its owner, with what happened to it so far."""
+
+    obj: ObjectMeta
+    index: int
+    length: int
+    attempts: int = 0
+    done_on: str | None = None  # the node that confirmed it (filled or present)
+    error: str | None = None  # class name of the last failure
+    reason: str = ""
+
+    def block_id(self, block_size: int) -> str:
+        """Return the block's id (the ring key)."""
+        o = self.obj
+        return block_id(o.bucket, o.key, o.etag, self.index, block_size)
+
+
+def block_tasks(manifest: Iterable[ObjectMeta], block_size: int) -> list[BlockTask]:
+    """Return one task per block of every object in the manifest (empty objects have none)."""
+    tasks = []
+    for obj in manifest:
+        for i in range(block_count(obj.size, block_size)):
+            tasks.append(BlockTask(obj, i, min(block_size, obj.size - i * block_size)))
+    return tasks
+
+
+def ring_of(members: Mapping[str, tuple[int, str]]) -> Ring | None:
+    """Return the ring of the members that are up ({id: (weight, state)}), as nodes build it."""
+    weights = {i: w for i, (w, state) in members.items() if state == "up"}
+    return Ring(weights) if weights else None
+
+
+def by_owner(tasks: Iterable[BlockTask], ring: Ring, block_size: int,
+             batch_blocks: int) -> dict[str, list[list[BlockTask]]]:
+    """Return, per owner, its blocks in batches of at most `batch_blocks`, in object order."""
+    lists: dict[str, list[BlockTask]] = {}
+    for t in tasks:
+        lists.setdefault(ring.owner(t.block_id(block_size)), []).append(t)
+    return {node: [ts[i:i + batch_blocks] for i in range(0, len(ts), batch_blocks)]
+            for node, ts in lists.items()}
+
+
+def moved(tasks: Iterable[BlockTask], ring: Ring, block_size: int) -> list[BlockTask]:
+    """Return the done blocks whose owner is no longer the node that confirmed them."""
+    return [t for t in tasks
+            if t.done_on is not None and ring.owner(t.block_id(block_size)) != t.done_on]
+
+
+def warm_request(batch: Sequence[BlockTask], block_size: int, verify: bool) -> dict[str, object]:
+    """Return the JSON body of a node's POST /_warm for one batch (blocks grouped by object)."""
+    objects: dict[tuple[str, str, str], dict[str, object]] = {}
+    for t in batch:
+        o = t.obj
+        entry = objects.setdefault((o.bucket, o.key, o.etag), {
+            "bucket": o.bucket, "key": o.key, "etag": o.etag, "size": o.size,
+            "last_modified": o.last_modified, "indices": []})
+        entry["indices"].append(t.index)  # type: ignore[attr-defined]
+    return {"block_size": block_size, "verify": verify, "objects": list(objects.values())}
+
+
+@dataclass(frozen=True, slots=True)
+class EvictVersion:
+    """Delete a version's blocks from every node of a site."""
+
+    site: str
+    model: str
+    version: str
+    bucket: str
+    key_prefix: str
+
+
+def evictions(versions: Iterable[Version], keep: int) -> list[EvictVersion]:
+    """Return the versions of one site that fall out of its policy, or are being evicted.
+
+    A site keeps, per model, its `keep` newest ready versions (by when they became ready,
+    pinned ones included) and every pinned one. A failed warmup's version leaves once a
+    newer version is ready; one still warming always stays.
+    """
+    per_model: dict[str, list[Version]] = {}
+    out = []
+    for v in versions:
+        if v.state == "evicting":
+            out.append(v)
+        elif v.state in ("ready", "failed"):
+            per_model.setdefault(v.model, []).append(v)
+    for vs in per_model.values():
+        ready = sorted((v for v in vs if v.state == "ready"),
+                       key=lambda v: v.ready_at or 0.0, reverse=True)
+        out += [v for v in ready[keep:] if not v.pinned]
+        newest = max((v.ready_at or 0.0 for v in ready), default=None)
+        out += [v for v in vs if v.state == "failed" and not v.pinned and newest is not None
+                and v.updated < newest]
+    return [EvictVersion(v.site, v.model, v.version, v.bucket, v.key_prefix)
+            for v in sorted(out, key=lambda v: (v.model, v.version))]

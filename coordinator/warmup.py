@@ -1,0 +1,192 @@
+"""Warm one site: every block of the manifest onto its owner, in rounds, with retries.
+
+A round groups the blocks still to do by owner on the site's current ring and sends each
+owner batches (`POST /_warm`), a few in flight per node and a capped number of blocks in
+flight per site (the origin concurrency a warmup causes; a byte-rate cap too). A block the
+owner already holds costs an index lookup, so a rerun or a resumed job reads nothing from
+the origin. After a round the ring is read again: blocks that failed for a reason worth
+retrying go to their (possibly new) owner after a backoff, and blocks confirmed on a node
+that no longer owns them (it died or left) are warmed again on the new owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+
+from cachenode.blocks import ObjectMeta
+from client.membership import GroupView
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import BadSite
+from coordinator.model import MAX_FAILED_OBJECTS, FailedObject, Progress
+from coordinator.nodes import NodeFailed, Nodes
+from coordinator.planner import (
+    RETRYABLE,
+    BlockTask,
+    block_tasks,
+    by_owner,
+    moved,
+    ring_of,
+    warm_request,
+)
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF_S = 30.0
+
+
+class RateLimit:
+    """A byte-rate cap charged after the fact: a batch waits while the budget is in debt."""
+
+    def __init__(self, bytes_per_s: int) -> None:
+        self._rate, self._debt, self._at = bytes_per_s, 0.0, time.monotonic()
+
+    def charge(self, n: int) -> None:
+        """Count `n` bytes read from the origin."""
+        if self._rate:
+            self._settle()
+            self._debt += n
+
+    async def wait(self) -> None:
+        """Return once the bytes charged so far fit the rate."""
+        while self._rate:
+            self._settle()
+            if self._debt <= 0:
+                return
+            await asyncio.sleep(min(1.0, self._debt / self._rate))
+
+    def _settle(self) -> None:
+        now = time.monotonic()
+        self._debt = max(0.0, self._debt - (now - self._at) * self._rate)
+        self._at = now
+
+
+class SiteWarmup:
+    """Put every block of a manifest on one site's owners; progress is read live."""
+
+    def __init__(self, site: str, manifest: Sequence[ObjectMeta], verify: bool,
+                 config: CoordinatorConfig, nodes: Nodes) -> None:
+        self.site, self._manifest, self._verify = site, manifest, verify
+        self._cfg, self._nodes = config, nodes
+        self.progress = Progress(objects=len(manifest), bytes_total=sum(o.size for o in manifest))
+        self.failed: list[FailedObject] = []
+        self._tasks: list[BlockTask] = []
+        self._block_size = 0
+        self._site_slots = asyncio.Semaphore(max(1, config.site_inflight_blocks
+                                                 // config.batch_blocks))
+        self._rate = RateLimit(config.site_origin_bytes_per_s)
+
+    async def run(self) -> bool:
+        """Warm the site; return True if every block is on its owner."""
+        view = await self._nodes.view(self.site)
+        self._block_size = bs = view.block_size
+        self._tasks = block_tasks(self._manifest, bs)
+        p = self.progress
+        p.blocks_total = len(self._tasks)
+        p.bytes_done = p.bytes_total - sum(t.length for t in self._tasks)  # empty objects
+        todo = self._tasks
+        rounds = 0
+        while todo:
+            ring = ring_of({i: (m.weight, m.state) for i, m in view.members.items()})
+            if ring is None:
+                for t in todo:
+                    t.attempts += 1
+                    self._fail(t, "Unreachable", f"no cache node of site {self.site} is up")
+            else:
+                await self._round(todo, ring, view)
+            view = await self._fresh_view(view)
+            ring = ring_of({i: (m.weight, m.state) for i, m in view.members.items()})
+            again = [t for t in self._tasks if t.done_on is None and t.error in RETRYABLE
+                     and t.attempts < self._cfg.block_attempts]
+            lost = moved(self._tasks, ring, bs) if ring is not None else []
+            for t in lost:  # confirmed on a node that no longer owns it: warm it again
+                self._undo(t)
+            todo = again + lost
+            if again:
+                p.retries += len(again)
+                await asyncio.sleep(min(MAX_BACKOFF_S, self._cfg.retry_base_s * 2 ** rounds))
+                rounds += 1
+        self._report_failures()
+        return p.blocks_failed == 0
+
+    async def _fresh_view(self, old: GroupView) -> GroupView:
+        """Return the site's current members (the old view if etcd cannot be read now)."""
+        try:
+            return await self._nodes.view(self.site)
+        except (NodeFailed, BadSite) as e:
+            log.warning("site %s: cannot read its members (%s); keeping the last view",
+                        self.site, e)
+            return old
+
+    async def _round(self, todo: list[BlockTask], ring: object, view: GroupView) -> None:
+        """Send every owner its batches, a few at a time per node."""
+        plan = by_owner(todo, ring, self._block_size, self._cfg.batch_blocks)  # type: ignore[arg-type]
+        for t in todo:
+            t.error = None
+        workers = []
+        for node, batches in plan.items():
+            addr = view.members[node].http
+            queue = iter(batches)
+            for _ in range(min(self._cfg.node_concurrency, len(batches))):
+                workers.append(self._worker(node, addr, queue))
+        await asyncio.gather(*workers)
+
+    async def _worker(self, node: str, addr: str, batches: object) -> None:
+        for batch in batches:  # type: ignore[attr-defined]
+            await self._rate.wait()
+            async with self._site_slots:
+                await self._send(node, addr, batch)
+
+    async def _send(self, node: str, addr: str, batch: list[BlockTask]) -> None:
+        """Warm one batch on one node and record each block's outcome."""
+        for t in batch:
+            t.attempts += 1
+        try:
+            results = await self._nodes.warm(addr, warm_request(batch, self._block_size,
+                                                                self._verify))
+        except NodeFailed as e:
+            log.warning("site %s: warm batch on %s failed: %s", self.site, node, e)
+            for t in batch:
+                self._fail(t, "Unreachable", str(e))
+            return
+        filled = 0
+        for t, r in zip(batch, results, strict=True):
+            status = r.get("status")
+            if status in ("present", "filled"):
+                self._done(t, node, status == "filled")
+                filled += t.length if status == "filled" else 0
+            else:
+                self._fail(t, str(r.get("error") or "NodeError"), str(r.get("reason", status)))
+        self._rate.charge(filled)
+
+    def _done(self, t: BlockTask, node: str, from_origin: bool) -> None:
+        p = self.progress
+        t.done_on, t.error = node, None
+        p.blocks_done += 1
+        p.bytes_done += t.length
+        if from_origin:
+            p.origin_fills += 1
+        else:
+            p.present += 1
+
+    def _undo(self, t: BlockTask) -> None:
+        p = self.progress
+        t.done_on = None
+        t.attempts = 0
+        p.blocks_done -= 1
+        p.bytes_done -= t.length
+
+    def _fail(self, t: BlockTask, error: str, reason: str) -> None:
+        t.error, t.reason = error, reason
+
+    def _report_failures(self) -> None:
+        """Count the blocks that stay undone and list their objects (at most 100)."""
+        per_obj: dict[str, list[BlockTask]] = {}
+        for t in self._tasks:
+            if t.done_on is None:
+                per_obj.setdefault(t.obj.key, []).append(t)
+        self.progress.blocks_failed = sum(len(ts) for ts in per_obj.values())
+        self.failed = [FailedObject(self.site, key, len(ts), ts[0].error or "NodeError",
+                                    ts[0].reason)
+                       for key, ts in sorted(per_obj.items())[:MAX_FAILED_OBJECTS]]
