@@ -1,4 +1,7 @@
-"""`cachectl`: show a cache group and read through it from the shell (thin over CacheClient)."""
+"""`cachectl`: show a cache group and read through it from the shell (thin over CacheClient).
+
+The commands that drive the coordinator (warmup, jobs, models, ...) are in cli_coordinator.py.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import IO
 from cachenode.errors import CacheError
 from cachenode.ranges import parse_range
 from cachenode.ring import Ring
+from client import cli_coordinator
 from client.client import CacheClient, ObjectInfo
 from client.errors import ClientError
 
@@ -211,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="site (cache group) in etcd [env CACHECTL_SITE; default default]")
     p.add_argument("--concurrency", type=int, default=8,
                    help="blocks read in parallel (memory: this many blocks) [default 8]")
+    p.add_argument("--coordinator", default=env("CACHECTL_COORDINATOR", ""), metavar="URL",
+                   help="coordinator for warmup, jobs, job, models, pin, unpin, evict, policy "
+                   "(host:port or http://host:port) [env CACHECTL_COORDINATOR]")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("ring", help="list the group's nodes, state and share of the ring")
     r.add_argument("--json", action="store_true", help="print JSON")
@@ -227,20 +234,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("url", help="s3://bucket/prefix")
     g.add_argument("dir", help="destination directory")
     g.set_defaults(fn=cmd_get)
+    cli_coordinator.add_commands(sub)
     return p
 
 
-async def run(args: argparse.Namespace, out: IO[str]) -> None:
-    """Run one command with a client for the group."""
+async def run(args: argparse.Namespace, out: IO[str]) -> int:
+    """Run one command with a client for the group (or the coordinator); return the exit code."""
+    if getattr(args, "coordinator_command", False):
+        return await cli_coordinator.run(args, out)
     async with make_client(args) as c:
         await args.fn(c, args, out)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run cachectl; exit 1 with a reason on failure."""
+    """Run cachectl; exit 1 with a reason on failure (warmup --wait: 2 if the job was cancelled)."""
     args = build_parser().parse_args(argv)
     try:
-        asyncio.run(run(args, sys.stdout))
+        return asyncio.run(run(args, sys.stdout))
     except ClientError as e:
         print(f"cachectl: {e}", file=sys.stderr)
         return 1
@@ -248,7 +259,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:
         return 130
-    return 0
 
 
 if __name__ == "__main__":

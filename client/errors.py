@@ -17,3 +17,18 @@ class Unavailable(ClientError):
 
 class ObjectChanged(ClientError):
     """The object was overwritten at origin while it was being read: stat it again."""
+
+
+class CoordinatorError(ClientError):
+    """The coordinator answered a request with an error; `str()` is its reason."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(status, error, reason)
+        self.status, self.error, self.reason = status, error, reason
+
+    def __str__(self) -> str:
+        return self.reason or f"{self.error} (HTTP {self.status})"
+
+
+class CoordinatorUnavailable(Unavailable):
+    """The coordinator could not be reached or did not answer in time; `str()` names its URL."""

@@ -1,0 +1,290 @@
+"""cachectl commands that drive the coordinator: warmup, jobs, job, models, pin, policy (thin)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import IO, Any
+
+from client.coordinator import CoordinatorClient, Job
+from client.errors import ClientError, CoordinatorError, CoordinatorUnavailable
+from client.progress import (
+    format_bytes,
+    job_lines,
+    jobs_table,
+    models_table,
+    progress_line,
+    summary_lines,
+)
+
+NO_COORDINATOR = "no coordinator: pass --coordinator URL or set CACHECTL_COORDINATOR"
+POLL_S = 1.0  # --wait: one GET of the job this often
+GIVE_UP_S = 60.0  # --wait: how long the coordinator may be unreachable (a replica failing over)
+PLAIN_EVERY_S = 5.0  # --wait without a TTY: one progress line this often
+FINISHED = {"complete": 0, "failed": 1, "cancelled": 2}  # final state -> exit code
+TRANSIENT = {502, 503, 504}  # answers worth polling again (a proxy without a replica behind it)
+
+
+def _check_prefix(url: str) -> str:
+    if not url.startswith("s3://") or not url[5:].partition("/")[0]:
+        raise ClientError(f"{url!r} is not s3://<bucket>/<prefix>")
+    return url
+
+
+def _sites(values: list[str]) -> list[str]:
+    """Return the sites of repeated and comma-separated --site values, in order, once each."""
+    return list(dict.fromkeys(s.strip() for v in values for s in v.split(",") if s.strip()))
+
+
+def _dump(out: IO[str], key: str, value: Any) -> None:
+    out.write(json.dumps({key: value}) + "\n")
+
+
+class JobReporter:
+    """Show a job's progress on `err`: a bar redrawn with \\r on a TTY, else a line every ~5 s."""
+
+    def __init__(self, err: IO[str]) -> None:
+        self.err = err
+        self.tty = bool(getattr(err, "isatty", lambda: False)())
+        self._width = 0  # characters of the bar line now on screen (TTY only)
+        self._shown = -float("inf")
+        self._state: object = None
+
+    def show(self, job: Job) -> None:
+        """Redraw the bar, or write a plain line if the state changed or enough time passed."""
+        if self.tty:
+            line = progress_line(job)[:max(20, shutil.get_terminal_size().columns - 1)]
+            self.err.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            now, state = time.monotonic(), job.get("state")
+            if state == self._state and now - self._shown < PLAIN_EVERY_S:
+                return
+            self._shown, self._state = now, state
+            self.err.write(f"{job.get('id', '?')} {state} {progress_line(job, bar_width=0)}\n")
+        self.err.flush()
+
+    def note(self, message: str) -> None:
+        """Write a message on a line of its own."""
+        self.end_line()
+        self.err.write(message + "\n")
+        self.err.flush()
+
+    def end_line(self) -> None:
+        """End the bar line, so what follows starts on a fresh line."""
+        if self.tty and self._width:
+            self.err.write("\n")
+            self._width = 0
+
+
+async def wait_for(fetch: Callable[[str], Awaitable[Job]], job_id: str,
+                   show: Callable[[Job], None], note: Callable[[str], None], *,
+                   poll_s: float, give_up_s: float) -> Job:
+    """Poll a job with `fetch` until it finishes; ride out a lost coordinator for `give_up_s`."""
+    lost_since: float | None = None
+    while True:
+        try:
+            job = await fetch(job_id)
+        except (CoordinatorUnavailable, CoordinatorError) as e:
+            if isinstance(e, CoordinatorError) and e.status not in TRANSIENT:
+                raise
+            now = time.monotonic()
+            if lost_since is None:
+                lost_since = now
+                note(f"cachectl: {e}; retrying for up to {give_up_s:g}s")
+            elif now - lost_since >= give_up_s:
+                raise CoordinatorUnavailable(
+                    f"gave up waiting after {now - lost_since:.0f}s without an answer ({e}); job "
+                    f"{job_id} may still be running: see `cachectl job {job_id}`") from None
+        else:
+            if lost_since is not None:
+                note("cachectl: the coordinator answers again")
+                lost_since = None
+            show(job)
+            if job.get("state") in FINISHED:
+                return job
+        await asyncio.sleep(poll_s)
+
+
+async def cmd_warmup(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """Start a warmup job; with --wait follow it to the end and exit by its final state."""
+    job = await cc.create_job(_check_prefix(args.url), args.sites, args.verify, args.pattern)
+    job_id = str(job.get("id") or "")
+    if not job_id:
+        raise ClientError(f"the coordinator at {cc.base_url} answered without a job id")
+    if args.json and not args.wait:
+        _dump(out, "job", job)
+    elif not args.json:
+        out.write(job_id + "\n")
+        out.flush()
+    if not args.wait:
+        return 0
+    rep = JobReporter(sys.stderr)
+    try:
+        job = await wait_for(cc.job, job_id, rep.show, rep.note, poll_s=POLL_S, give_up_s=GIVE_UP_S)
+    except asyncio.CancelledError:  # Ctrl-C: stop waiting, the job goes on
+        rep.note(f"cachectl: stopped waiting; job {job_id} keeps running (see `cachectl job "
+                 f"{job_id}`; stop it with `cachectl job cancel {job_id}`)")
+        raise
+    finally:
+        rep.end_line()
+    if args.json:
+        _dump(out, "job", job)
+    else:
+        out.write("\n".join(summary_lines(job)) + "\n")
+    return FINISHED.get(str(job.get("state")), 1)
+
+
+async def cmd_jobs(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """List jobs, newest first."""
+    jobs = await cc.jobs(args.limit)
+    if args.json:
+        _dump(out, "jobs", jobs)
+    else:
+        out.write("\n".join(jobs_table(jobs)) + "\n" if jobs else "no jobs\n")
+    return 0
+
+
+async def cmd_job(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """Show one job in detail, or (`job cancel <id>`) ask the coordinator to cancel it."""
+    job = await (cc.cancel(args.job_id) if args.cancel else cc.job(args.job_id))
+    if args.json:
+        _dump(out, "job", job)
+    elif args.cancel:
+        out.write(f"job {job.get('id', args.job_id)}: {job.get('state', '?')}"
+                  + (", cancel requested\n" if job.get("cancel_requested") else "\n"))
+    else:
+        out.write("\n".join(job_lines(job)) + "\n")
+    return 0
+
+
+async def cmd_models(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """List model versions and their state at one site or every site."""
+    versions = await cc.models(args.site_name)
+    if args.json:
+        _dump(out, "versions", versions)
+    else:
+        out.write("\n".join(models_table(versions)) + "\n" if versions else "no model versions\n")
+    return 0
+
+
+async def cmd_version(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """Pin, unpin or evict one model version at a site."""
+    op = {"pin": cc.pin, "unpin": cc.unpin, "evict": cc.evict}[args.command]
+    v = await op(_check_prefix(args.url), args.site_name)
+    if args.json:
+        _dump(out, "version", v)
+        return 0
+    what = (f"{v.get('prefix', args.url)} at {v.get('site', args.site_name)}: "
+            f"{v.get('state', '?')}, {format_bytes(v.get('bytes') or 0)}")
+    out.write({"pin": f"pinned {what}\n", "unpin": f"unpinned {what}\n",
+               "evict": f"evicting {what} (in the background: see `cachectl models "
+                        f"--site {args.site_name}`)\n"}[args.command])
+    return 0
+
+
+async def cmd_policy(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
+    """Show a site's keep count, or set it with --keep."""
+    if args.keep is None:
+        p = await cc.policy(args.site_name)
+    else:
+        p = await cc.set_policy(args.site_name, args.keep)
+    if args.json:
+        out.write(json.dumps(p) + "\n")
+    else:
+        out.write(f"site {p.get('site', args.site_name)} keeps the {p.get('keep', '?')} newest "
+                  "ready versions of each model, and every pinned one\n")
+    return 0
+
+
+class _JobWords(argparse.Action):
+    """Parse `job <id>` or `job cancel <id>` into job_id and cancel."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        words = list(values)
+        if len(words) == 1 and words[0] != "cancel":
+            namespace.job_id, namespace.cancel = words[0], False
+        elif len(words) == 2 and words[0] == "cancel":
+            namespace.job_id, namespace.cancel = words[1], True
+        else:
+            parser.error("give a job id, or `cancel <id>`")
+
+
+def _non_negative(s: str) -> int:
+    n = int(s)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{s} is negative")
+    return n
+
+
+def _positive(s: str) -> int:
+    n = int(s)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{s} is not at least 1")
+    return n
+
+
+def add_commands(sub: Any) -> None:
+    """Add the coordinator commands to cachectl's subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--coordinator", default=argparse.SUPPRESS, metavar="URL",
+                        help="coordinator URL, host:port or http://host:port "
+                        "[env CACHECTL_COORDINATOR]")
+    common.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
+    common.set_defaults(coordinator_command=True)
+
+    def add(name: str, fn: Any, help: str, **kw: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help,
+                                                    description=help, **kw)
+        p.set_defaults(fn=fn)
+        return p
+
+    w = add("warmup", cmd_warmup, "warm every object under a prefix into the cache groups of "
+            "sites (a coordinator job); prints the job id")
+    w.add_argument("url", help="s3://bucket/prefix/ of one model version")
+    w.add_argument("--site", dest="sites", action="append", required=True, metavar="SITE",
+                   help="site to warm (repeat, or comma-separate: --site hz,fra)")
+    w.add_argument("--verify", action="store_true",
+                   help="ask for a verifying job (sends verify: true)")
+    w.add_argument("--pattern", metavar="REGEX", help="regex with groups (?P<model>...) and "
+                   "(?P<version>...) matched against bucket/prefix (default: the last path "
+                   "segment is the version)")
+    w.add_argument("--wait", action="store_true", help="follow the job (progress on stderr), "
+                   "print a summary; exit 0 complete, 1 failed, 2 cancelled")
+    j = add("jobs", cmd_jobs, "list warmup jobs, newest first")
+    j.add_argument("--limit", type=_positive, default=50, help="at most this many [default 50]")
+    one = add("job", cmd_job, "show a job (per-site progress, failed objects), or cancel it",
+              usage="cachectl job [-h] [--coordinator URL] [--json] [cancel] <id>")
+    one.add_argument("words", nargs="+", action=_JobWords, metavar="[cancel] <id>",
+                     help="a job id to show, or `cancel` and the id of a job to cancel")
+    m = add("models", cmd_models, "list model versions per site: state, size, pinned")
+    m.add_argument("--site", dest="site_name", metavar="SITE", help="only this site")
+    for name, help in (("pin", "keep a model version at a site whatever the policy"),
+                       ("unpin", "let the site's policy evict a model version again"),
+                       ("evict", "remove a model version from every node of a site now")):
+        v = add(name, cmd_version, help)
+        v.add_argument("url", help="s3://bucket/model/version/")
+        v.add_argument("--site", dest="site_name", required=True, metavar="SITE")
+    pol = add("policy", cmd_policy, "show a site's keep count, or set it with --keep")
+    pol.add_argument("--site", dest="site_name", required=True, metavar="SITE")
+    pol.add_argument("--keep", type=_non_negative, metavar="K",
+                     help="keep the K newest ready versions of each model (pinned ones stay too)")
+
+
+async def run(args: argparse.Namespace, out: IO[str]) -> int:
+    """Run one coordinator command; return its exit code."""
+    if not args.coordinator:
+        raise ClientError(NO_COORDINATOR)
+    if hasattr(args, "sites"):
+        args.sites = _sites(args.sites)
+        if not args.sites:
+            raise ClientError("give at least one --site")
+    async with CoordinatorClient(args.coordinator) as cc:
+        code: int = await args.fn(cc, args, out)
+        return code
