@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from tests.integration.test_node_s3 import pattern
 pytestmark = pytest.mark.integration
 MiB = 2**20
 BS = 4 * MiB
+CACHECTL = str(Path(sys.executable).parent / "cachectl")
 
 
 @pytest.fixture
@@ -246,3 +250,52 @@ def test_keep_two_evicts_the_oldest_version_and_a_pinned_one_stays(
     proxy.reset()
     read_all(group, bucket, versions["v3"])
     assert gets(proxy) == 3
+
+
+def cachectl(coord: CoordinatorProcess, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CACHECTL, "--coordinator", coord.url, *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cachectl_drives_the_real_coordinator(
+        tmp_path: Path, group: LocalGroup, s3, etcd, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    upload(s3, bucket, "tool/v1/", {"w.bin": 2 * BS})
+    upload(s3, bucket, "slow/v1/", {f"w{i}.bin": 4 * BS for i in range(3)})
+    coord = coordinator(tmp_path, s3, etcd, group, "c1", "--site-origin-rate", "4MiB",
+                        "--batch-blocks", "1", "--site-inflight-blocks", "1")
+    try:
+        coord.wait_leader()
+        r = cachectl(coord, "warmup", f"s3://{bucket}/tool/v1/", "--site", "s1", "--wait",
+                     "--json")
+        assert r.returncode == 0, r.stderr
+        job = json.loads(r.stdout)["job"]
+        assert (job["state"], job["progress"]["blocks_done"]) == ("complete", 2)
+        assert job["id"] in cachectl(coord, "jobs").stdout
+        r = cachectl(coord, "job", "cancel", job["id"])
+        assert r.returncode == 1 and "already ended (complete)" in r.stderr
+        assert cachectl(coord, "pin", f"s3://{bucket}/tool/v1/", "--site", "s1").returncode == 0
+        models = json.loads(cachectl(coord, "models", "--site", "s1", "--json").stdout)
+        assert [(v["version"], v["state"], v["pinned"]) for v in models["versions"]] == [
+            ("v1", "ready", True)]
+        assert cachectl(coord, "policy", "--site", "s1", "--keep", "3").returncode == 0
+        assert json.loads(cachectl(coord, "policy", "--site", "s1", "--json").stdout)[
+            "keep"] == 3
+        r = cachectl(coord, "warmup", f"s3://{bucket}/none/", "--site", "s1")
+        assert r.returncode == 1 and "no objects under" in r.stderr, r.stderr
+
+        # a cancelled job stops, says so, and its version is not ready
+        r = cachectl(coord, "warmup", f"s3://{bucket}/slow/v1/", "--site", "s1")
+        slow_id = r.stdout.split()[0]
+        deadline = time.monotonic() + 30
+        while coord.job(slow_id)["progress"]["blocks_done"] < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert cachectl(coord, "job", "cancel", slow_id).returncode == 0
+        job = coord.wait_job(slow_id, timeout_s=30)
+        assert job["state"] == "cancelled"
+        assert job["progress"]["blocks_done"] < 12
+        versions = {v["version"]: v["state"] for v in coord.call(
+            "GET", "/v1/models?site=s1")[1]["versions"] if v["model"].endswith("slow")}
+        assert versions == {"v1": "failed"}
+    finally:
+        coord.stop()
