@@ -25,6 +25,7 @@ from coordinator.state import StateStore
 from coordinator.warmup import SiteWarmup
 
 log = logging.getLogger(__name__)
+KEEP_FINISHED_JOBS = 200  # older finished jobs are deleted from etcd
 FLUSH_S = 1.0  # progress is written to etcd at most this often
 RATE_WINDOW_S = 10.0
 
@@ -61,8 +62,12 @@ class Scheduler:
 
     async def _pass(self) -> None:
         cancels = await self._store.cancel_requests()
-        for job in await self._store.list_jobs():
+        finished = 0
+        for job in await self._store.list_jobs():  # newest first
             if job.finished_state:
+                finished += 1
+                if finished > KEEP_FINISHED_JOBS:
+                    await self._store.delete_job(job.id)
                 continue
             if job.id in cancels:
                 await self._cancel(job)
