@@ -20,6 +20,13 @@ class BadRequest(CacheError):
         self.reason = reason
 
 
+class PayloadTooLarge(BadRequest):
+    """A request body is larger than the endpoint accepts."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request body larger than {limit} bytes")
+
+
 class MalformedRange(CacheError):
     """The Range header cannot be parsed, or asks for something unsupported."""
 
@@ -103,6 +110,14 @@ class Overloaded(CacheError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.reason = f"node overloaded: {detail}"
+
+
+class NotReady(CacheError):
+    """The node is starting, draining or its disk is out of rotation."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = f"node not ready: {detail}"
 
 
 class BlockNotCached(CacheError):

@@ -8,15 +8,16 @@ import os
 import time
 import zlib
 from collections.abc import Awaitable, Callable
+from typing import TypeAlias
 
 from cachenode.blocks import BlockRef
 from cachenode.config import NodeConfig
 from cachenode.errors import (
+    CacheError,
     DiskUnavailable,
     OriginTimeout,
     OriginUnavailable,
     Overloaded,
-    StoreFull,
 )
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import BlockStore, Origin
@@ -24,6 +25,8 @@ from cachenode.singleflight import SingleFlight
 from cachenode.store.disk import OpenBlock
 
 log = logging.getLogger(__name__)
+# A block's write behind the response; its result is the error that kept it off disk, if any.
+Write: TypeAlias = "asyncio.Task[CacheError | None]"
 
 
 class Filler:
@@ -33,13 +36,15 @@ class Filler:
                  metrics: NodeMetrics) -> None:
         self._config, self._origin, self._store, self._metrics = config, origin, store, metrics
         self.block_size = config.block_size_bytes
-        self._flight: SingleFlight[bytes] = SingleFlight()
+        # A fill's bytes and its write (None: found on disk already), shared by its waiters.
+        self._flight: SingleFlight[tuple[bytes, Write | None]] = SingleFlight()
         self._limit = asyncio.Semaphore(config.max_concurrent_fills)  # origin GETs in flight
         # A fill holds a slot from before its GET until its block is on disk, so blocks
         # fetched but not yet written stay bounded (write-behind memory).
         self._slots = asyncio.Semaphore(2 * config.max_concurrent_fills)
-        self._landed: dict[str, bytes] = {}  # fetched, being written; guarded by the loop
-        self._writes: set[asyncio.Task[None]] = set()
+        # Fetched, being written: block id -> (bytes, write); guarded by the loop.
+        self._landed: dict[str, tuple[bytes, Write]] = {}
+        self._writes: set[Write] = set()
         # Asked before the origin on a miss: the block from a previous owner, or None.
         self.handoff: Callable[[BlockRef], Awaitable[bytes | None]] | None = None
 
@@ -84,15 +89,10 @@ class Filler:
         self._metrics.misses.inc()
         landed = self._landed.get(bid)
         # Fetched a moment ago, its write still under way (and of this very block's length).
-        if landed is not None and len(landed) == ref.length:
+        if landed is not None and len(landed[0]) == ref.length:
             self._metrics.fills_deduped.inc()
-            return landed
-        if not self._flight.running(bid) and len(self._flight) >= self._config.max_waiting_fills:
-            raise Overloaded(f"{len(self._flight)} block fills already queued")
-        try:
-            data, shared = await self._flight.do(bid, lambda: self._fill(ref))
-        finally:
-            self._metrics.fills_in_flight.set(len(self._flight))
+            return landed[0]
+        (data, _), shared = await self._shared_fill(ref)
         if shared:
             self._metrics.fills_deduped.inc()
         # Send the stored file rather than hold the bytes: a slow reader then pins no memory.
@@ -101,6 +101,50 @@ class Filler:
             return data
         ob.source = "origin"
         return ob
+
+    async def _shared_fill(self, ref: BlockRef) -> tuple[tuple[bytes, Write | None], bool]:
+        """Join or start the one fill of a missing block; return its result and `shared`."""
+        bid = ref.block_id
+        if not self._flight.running(bid) and len(self._flight) >= self._config.max_waiting_fills:
+            raise Overloaded(f"{len(self._flight)} block fills already queued")
+        try:
+            return await self._flight.do(bid, lambda: self._fill(ref))
+        finally:
+            self._metrics.fills_in_flight.set(len(self._flight))
+
+    async def warm(self, ref: BlockRef) -> bool:
+        """Return once the block is on disk: False if it already was, True if stored now.
+
+        A missing block is filled as a read miss is (same single flight, limiter, timeout
+        and handoff), then this waits for its write behind. Raises the fill's error, or the
+        store's (StoreFull, DiskUnavailable) when the block could not be kept.
+        """
+        if self._store.has(ref.block_id, ref.length):
+            return False
+        if self._store.failed:  # no origin GET for a block that cannot be kept
+            raise DiskUnavailable(self._store.failed)
+        landed = self._landed.get(ref.block_id)
+        if landed is not None and len(landed[0]) == ref.length:
+            write: Write | None = landed[1]
+        else:
+            (_, write), _ = await self._shared_fill(ref)
+        if write is not None:
+            err = await asyncio.shield(write)  # a cancelled caller leaves the write running
+            if err is not None:
+                raise err
+        return True
+
+    async def check_stored(self, ref: BlockRef) -> bool | None:
+        """Return True if the block is stored and passes its checksum, None if not stored,
+        False if it was stored but corrupt or short (it is dropped)."""
+        if not self._store.has(ref.block_id, ref.length):
+            return None
+        ob = self._store.open_block(ref.block_id, ref.length)  # a short file drops here
+        data = None if ob is None else await self._read_checked(ob)
+        if data is None:
+            self._store.delete(ref.block_id)
+            return False
+        return True
 
     async def read_block_bytes(self, ref: BlockRef) -> bytes:
         """Return the whole block as bytes, checking the checksum of a disk hit."""
@@ -126,12 +170,12 @@ class Filler:
         self._metrics.corrupt_blocks.inc()
         return None
 
-    async def _fill(self, ref: BlockRef) -> bytes:
+    async def _fill(self, ref: BlockRef) -> tuple[bytes, Write | None]:
         ob = self._store.open_block(ref.block_id, ref.length)  # filled while we queued?
         if ob is not None:
             data = await self._read_checked(ob)
             if data is not None:
-                return data
+                return data, None
             self._store.delete(ref.block_id)  # corrupt: fill it again below
         self._metrics.fills_in_flight.set(len(self._flight))
         try:
@@ -148,11 +192,11 @@ class Filler:
                                 f"{self._config.fill_timeout_s:g}s") from None
         # Readers get the bytes now; the disk write finishes behind them. Until it does,
         # read_block finds the block in _landed, so no second fill can start.
-        self._landed[ref.block_id] = data
         task = asyncio.ensure_future(self._write_behind(ref, data))
+        self._landed[ref.block_id] = data, task  # popped by the task when it ends
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
-        return data
+        return data, task
 
     async def _handoff_or_fetch(self, ref: BlockRef) -> bytes:
         if self.handoff is not None:
@@ -171,13 +215,17 @@ class Filler:
             raise OriginUnavailable(ref.obj.bucket, ref.obj.key, "origin returned a short block")
         return data
 
-    async def _write_behind(self, ref: BlockRef, data: bytes) -> None:
+    async def _write_behind(self, ref: BlockRef, data: bytes) -> CacheError | None:
+        """Store a filled block; return the error that kept it off disk (None: stored)."""
         try:
             await self._store.put(ref, data)
-        except (StoreFull, DiskUnavailable) as e:
+            return None
+        except CacheError as e:  # StoreFull, DiskUnavailable, Overloaded (out of fds)
             log.warning("serving block %s uncached: %s", ref.block_id, e)
-        except Exception:
+            return e
+        except Exception as e:
             log.exception("writing block %s failed", ref.block_id)
+            return DiskUnavailable(f"writing block {ref.block_id} failed: {e!r}")
         finally:
             self._landed.pop(ref.block_id, None)
             self._slots.release()

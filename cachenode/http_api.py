@@ -22,12 +22,14 @@ from cachenode.errors import (
     CacheError,
     DiskUnavailable,
     MalformedRange,
+    NotReady,
     ObjectChanged,
     OriginDenied,
     OriginNotFound,
     OriginTimeout,
     OriginUnavailable,
     Overloaded,
+    PayloadTooLarge,
     PreconditionFailed,
     RangeNotSatisfiable,
     StoreFull,
@@ -38,12 +40,14 @@ from cachenode.ranges import Span, parse_range
 from cachenode.sendfile import SocketSender
 from cachenode.service import BlockService, Chunk, FileChunk, MemChunk, validate_name
 from cachenode.singleflight import FlightCancelled
+from cachenode.warm import MAX_BODY_BYTES, Admin
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("cachenode.access")
 
 HTTP_STATUS: dict[type[CacheError], int] = {
     BadRequest: 400,
+    PayloadTooLarge: 413,
     OriginNotFound: 404,
     MalformedRange: 416,
     RangeNotSatisfiable: 416,
@@ -57,6 +61,7 @@ HTTP_STATUS: dict[type[CacheError], int] = {
     DiskUnavailable: 503,
     Overloaded: 503,
     FlightCancelled: 503,
+    NotReady: 503,
 }
 
 
@@ -134,18 +139,22 @@ class HttpApi:
 
     def __init__(self, service: BlockService, metrics: NodeMetrics,
                  ready: Callable[[], str | None],
-                 ring_view: Callable[[], dict[str, Any]] | None = None) -> None:
+                 ring_view: Callable[[], dict[str, Any]] | None = None,
+                 admin: Admin | None = None) -> None:
         self._service, self._metrics, self._ready = service, metrics, ready
-        self._ring_view = ring_view
+        self._ring_view, self._admin = ring_view, admin
 
     def app(self) -> web.Application:
         """Return the aiohttp application."""
-        app = web.Application(middlewares=[self._measure])
+        app = web.Application(middlewares=[self._measure], client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics_page)
         app.router.add_get("/ring", self._ring)
         app.router.add_get("/_list/{bucket}", self._list)
+        if self._admin is not None:  # the coordinator's warm and evict (cachenode/warm.py)
+            app.router.add_post("/_warm", self._admin_call)
+            app.router.add_post("/_evict", self._admin_call)
         app.router.add_route("GET", r"/{tail:[\s\S]*}", self._object)  # keys may hold \n
         app.router.add_route("HEAD", r"/{tail:[\s\S]*}", self._object)
         return app
@@ -194,6 +203,22 @@ class HttpApi:
             "objects": [{"key": o.key, "size": o.size, "etag": o.etag,
                          "last_modified": o.last_modified} for o in objs],
             "next_token": token})
+
+    async def _admin_call(self, request: web.Request) -> web.Response:
+        """Run POST /_warm or /_evict (JSON in, JSON out) on this node's own disk."""
+        assert self._admin is not None  # the routes exist only with it
+        try:
+            problem = self._ready()
+            if problem:
+                raise NotReady(problem)
+            try:
+                body = await request.read()  # at most client_max_size bytes
+            except web.HTTPRequestEntityTooLarge:
+                raise PayloadTooLarge(request.client_max_size) from None
+            run = self._admin.warm_json if request.path == "/_warm" else self._admin.evict_json
+            return web.json_response(await run(body))
+        except CacheError as e:
+            return error_response(e)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(self._metrics.registry))

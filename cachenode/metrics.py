@@ -37,6 +37,13 @@ class NodeMetrics:
         self.evictions = Counter(p + "evictions", "Blocks evicted to stay under capacity",
                                  registry=r)
         self.evicted_bytes = Counter(p + "evicted_bytes", "Bytes evicted", registry=r)
+        self.warm_blocks = Counter(p + "warm_blocks",
+                                   "Blocks a warm request asked for, by result "
+                                   "(present/filled/failed)", ["result"], registry=r)
+        self.evict_prefix_blocks = Counter(p + "evict_prefix_blocks",
+                                           "Blocks deleted by evict-prefix requests", registry=r)
+        self.evict_prefix_bytes = Counter(p + "evict_prefix_bytes",
+                                          "Bytes deleted by evict-prefix requests", registry=r)
         self.corrupt_blocks = Counter(p + "corrupt_blocks",
                                       "Blocks dropped because file and index disagreed",
                                       registry=r)

@@ -23,6 +23,7 @@ from cachenode.ports import Origin
 from cachenode.routing import Router
 from cachenode.service import BlockService
 from cachenode.store.disk import DiskStore
+from cachenode.warm import Admin
 
 if TYPE_CHECKING:
     from cachenode.membership import Membership, NodeRecord
@@ -98,7 +99,8 @@ class CacheNode:
                  self.store.block_count, self.store.used_bytes, self.store.capacity)
 
     async def _start_http(self) -> None:
-        api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view)
+        admin = Admin(self.config.node_id, self.service, self.store, self.metrics)
+        api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view, admin)
         runner = web.AppRunner(api.app(), access_log=None,
                                shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()

@@ -30,6 +30,10 @@ class BlockStore(Protocol):
 
     failed: str | None
 
+    def has(self, block_id: str, size: int) -> bool:
+        """Return whether a block of `size` bytes is stored (no file I/O)."""
+        ...
+
     def open_block(self, block_id: str, expected_size: int | None = None) -> OpenBlock | None:
         """Open a committed block of `expected_size` bytes, or return None on a miss."""
         ...

@@ -10,6 +10,7 @@ import os
 import shutil
 import time
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,19 @@ class DiskStore:
         """Return the index entry of a committed block, or None."""
         return None if self._index is None else self._index.get(block_id)
 
+    def has(self, block_id: str, size: int) -> bool:
+        """Return whether a block of `size` bytes is committed (an index lookup; no file I/O).
+
+        A hit counts as a use: the block becomes the most recently used.
+        """
+        if not self._usable() or block_id not in self._lru:
+            return False
+        e = self.entry(block_id)
+        if e is None or e.size != size:
+            return False
+        self._lru.touch(block_id)
+        return True
+
     def open_block(self, block_id: str, expected_size: int | None = None) -> OpenBlock | None:
         """Open a committed block for reading, or return None on a miss.
 
@@ -237,6 +251,11 @@ class DiskStore:
         self._delete(e)
         self._update_gauges()
         return True
+
+    def by_prefix(self, bucket: str, key_prefix: str) -> Iterator[str]:
+        """Yield ids of blocks whose object key starts with `key_prefix` (an index scan)."""
+        if self._index is not None:
+            yield from self._index.by_prefix(bucket, key_prefix)
 
     def _drop(self, e: IndexEntry, why: str) -> None:
         log.warning("dropping block %s of s3://%s/%s: %s", e.block_id, e.bucket, e.key, why)
