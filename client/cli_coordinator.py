@@ -251,10 +251,10 @@ def add_commands(sub: Any) -> None:
     w.add_argument("--site", dest="sites", action="append", required=True, metavar="SITE",
                    help="site to warm (repeat, or comma-separate: --site hz,fra)")
     w.add_argument("--verify", action="store_true",
-                   help="ask for a verifying job (sends verify: true)")
-    w.add_argument("--pattern", metavar="REGEX", help="regex with groups (?P<model>...) and "
-                   "(?P<version>...) matched against bucket/prefix (default: the last path "
-                   "segment is the version)")
+                   help="re-read every block already on its owner and check its crc32")
+    w.add_argument("--pattern", metavar="TEMPLATE", help="how bucket/prefix names a model "
+                   "and a version: {model} is one or more path segments, {version} one, * any "
+                   "one (default {model}/{version}: the last path segment is the version)")
     w.add_argument("--wait", action="store_true", help="follow the job (progress on stderr), "
                    "print a summary; exit 0 complete, 1 failed, 2 cancelled")
     j = add("jobs", cmd_jobs, "list warmup jobs, newest first")

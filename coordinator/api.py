@@ -28,6 +28,7 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import Job, Version, check_site, model_of, new_job_id, parse_prefix
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.origin import Lister
+from coordinator.planner import overlapping
 from coordinator.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class CoordinatorApi:
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
             body = await request.json()
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError, LookupError):
             raise BadRequest("the body is not JSON") from None
         except web.HTTPRequestEntityTooLarge:
             raise BadRequest(f"the body is larger than {MAX_BODY} bytes") from None
@@ -111,14 +112,14 @@ class CoordinatorApi:
             raise BadSite("name at least one site (\"sites\": [\"hz\"])")
         sites = list(dict.fromkeys(check_site(s) for s in sites))
         pattern = body.get("pattern")
-        if pattern is not None and not isinstance(pattern, str):
-            raise BadRequest("pattern must be a string")
         model, version = model_of(bucket, prefix, pattern or self._cfg.model_pattern)
         for site in sites:
             await self._site_exists(site)
         await self._not_empty(bucket, prefix)
-        job = Job(new_job_id(), bucket, prefix, sites, model, version,
-                  verify=bool(body.get("verify", False)))
+        verify = body.get("verify", False)
+        if not isinstance(verify, bool):
+            raise BadRequest("verify must be true or false")
+        job = Job(new_job_id(), bucket, prefix, sites, model, version, verify=verify)
         await self._store.create_job(job)
         log.info("job %s: warm %s onto %s (%s %s)", job.id, job.prefix, ",".join(sites),
                  model, version)
@@ -200,6 +201,9 @@ class CoordinatorApi:
 
     async def _set_pin(self, request: web.Request, pinned: bool) -> web.Response:
         v = await self._version_of(await self._body(request))
+        if pinned and v.state in ("evicting", "evicted"):
+            raise Conflict(f"{v.prefix} is {v.state} at site {v.site}: warm it again, then pin "
+                           "it")
         await self._store.set_pin(v.site, v.model, v.version, pinned)
         v.pinned = pinned
         return _json({"version": v.to_dict()})
@@ -208,6 +212,11 @@ class CoordinatorApi:
         v = await self._version_of(await self._body(request), create=True)
         if v.pinned:
             raise Conflict(f"{v.prefix} is pinned at site {v.site}: unpin it first")
+        if v.state == "warming":
+            raise Conflict(f"{v.prefix} is being warmed at site {v.site}: cancel its job first")
+        if nested := overlapping(v.bucket, v.key_prefix, await self._store.list_versions(v.site)):
+            raise Conflict(f"evicting {v.prefix} would also evict "
+                           f"{', '.join(n.prefix for n in nested[:5])} (nodes evict by prefix)")
         await self._store.request_evict(v)
         self._wake()
         return _json({"version": v.to_dict()}, 202)

@@ -32,7 +32,9 @@ class Coordinator:
         self.nodes = Nodes(c.etcd_endpoints, c.cluster, c.node_timeout_s)
         self.lister = Lister(c.origin_endpoint_url, c.origin_region)
         self.scheduler = Scheduler(c, self.store, self.nodes, self.lister, self.metrics)
-        self.election = Election(self.store, round(c.lease_ttl_s),
+        # The election has its own etcd channel: a slow job write must not delay a refresh.
+        self._election_store = EtcdStateStore(c.etcd_hostports, c.cluster, c.replica_id)
+        self.election = Election(self._election_store, round(c.lease_ttl_s),
                                  on_change=lambda on: self.metrics.leader.set(int(on)))
         self._runner: web.AppRunner | None = None
         self._election_task: asyncio.Task[None] | None = None
@@ -66,13 +68,13 @@ class Coordinator:
         if self._election_task is not None:
             self._election_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._election_task
-            await self.election.resign()
+                await self._election_task  # a leader revokes its lease: a standby takes over
         if self._runner is not None:
             await self._runner.cleanup()
         await self.nodes.close()
         await self.lister.close()
         await self.store.close()
+        await self._election_store.close()
 
     async def __aenter__(self) -> Coordinator:
         await self.start()

@@ -48,8 +48,8 @@ class CoordinatorConfig:
     origin_region: str = field(default="", metadata=_opt(
         "--origin-region", "S3 region of the origin", str, "AWS_REGION"))
     model_pattern: str = field(default=DEFAULT_PATTERN, metadata=_opt(
-        "--model-pattern", "regex with groups model and version, matched against "
-        "<bucket>/<prefix>; default: the last path segment is the version", str))
+        "--model-pattern", "how <bucket>/<prefix> names a model and a version: {model} is "
+        "one or more path segments, {version} one, * any one, the rest literal", str))
     keep_versions: int = field(default=2, metadata=_opt(
         "--keep", "ready versions kept per model per site unless a site sets its own", int))
     batch_blocks: int = field(default=16, metadata=_opt(
@@ -62,6 +62,8 @@ class CoordinatorConfig:
     site_origin_bytes_per_s: int = field(default=0, metadata=_opt(
         "--site-origin-rate", "cap on origin bytes/s a warmup causes per site (e.g. 500MB; "
         "0 = no cap)", parse_size))
+    max_running_jobs: int = field(default=4, metadata=_opt(
+        "--max-running-jobs", "jobs run at once; the others wait as pending", int))
     block_attempts: int = field(default=6, metadata=_opt(
         "--block-attempts", "attempts per block before the job reports it failed", int))
     retry_base_s: float = field(default=1.0, metadata=_opt(
@@ -91,6 +93,7 @@ class CoordinatorConfig:
                                     ("--site-inflight-blocks", self.site_inflight_blocks, 1,
                                      100_000),
                                     ("--block-attempts", self.block_attempts, 1, 100),
+                                    ("--max-running-jobs", self.max_running_jobs, 1, 100),
                                     ("--max-objects", self.max_objects, 1, 100_000_000)):
             if not lo <= value <= hi:
                 raise ConfigError(f"{flag} must be between {lo} and {hi}")

@@ -16,6 +16,9 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import grpc
+from aetcd import rpc
+
 from coordinator.errors import StateUnavailable
 from coordinator.state import EtcdStateStore
 
@@ -33,27 +36,17 @@ class Election:
         self.leader_id: str | None = None
 
     async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Campaign forever; lead whenever elected (cancel to stop)."""
+        """Campaign forever; lead whenever elected (cancel to stop: leadership is given up)."""
         while True:
             try:
                 lease = await self._campaign()
                 if lease:
                     await self._lead(lease, lead)
-                    continue
             except StateUnavailable as e:
                 log.warning("election: %s", e)
-            await asyncio.sleep(min(1.0, self._ttl / 3))
-
-    async def resign(self) -> None:
-        """Give up leadership at once (on shutdown), so a standby takes over without waiting."""
-        if not self.leading:
-            return
-        s = self._store
-        with contextlib.suppress(StateUnavailable, TimeoutError):
-            async with asyncio.timeout(2.0):
-                await s.call(lambda c: c.transaction(
-                    compare=[c.transactions.value(s.leader_key) == s.identity.encode()],
-                    success=[c.transactions.delete(s.leader_key)], failure=[]))
+            except Exception:
+                log.exception("election round failed")
+            await asyncio.sleep(min(1.0, self._ttl / 3))  # also after a lead() that crashed
 
     async def _campaign(self) -> int:
         """Try to become the leader; return the lease id if this replica now leads, else 0."""
@@ -73,9 +66,14 @@ class Election:
 
         if await s.call(txn):
             return int(lease.id)
-        with contextlib.suppress(StateUnavailable):
-            await s.call(lambda c: c.revoke_lease(lease.id))
+        await self._revoke(int(lease.id))
         return 0
+
+    async def _revoke(self, lease_id: int) -> None:
+        """Revoke a lease (and so the leader key it holds), bounded, errors ignored."""
+        with contextlib.suppress(StateUnavailable, TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self._store.call(lambda c: c.revoke_lease(lease_id))
 
     async def _lead(self, lease_id: int, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `lead()` while the lease lives; stop it when the lease may be lost."""
@@ -87,32 +85,44 @@ class Election:
         try:
             await self._keep(lease_id, task)
         finally:
-            self.leading = False
-            self._on_change(False)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+            # Hand over at once (shutdown, crash, or a lease we can no longer vouch for).
+            await asyncio.shield(self._revoke(lease_id))
+            self.leading = False
+            self._on_change(False)
             log.warning("%s stopped leading", self._store.identity)
 
     async def _keep(self, lease_id: int, task: asyncio.Task[None]) -> None:
-        """Refresh the lease every TTL/3 until it is gone, too old, or `lead()` ends."""
-        s, last_ok = self._store, time.monotonic()
-        while not task.done():
-            await asyncio.wait([task], timeout=self._ttl / 3)
-            if task.done():
-                if not task.cancelled() and task.exception() is not None:
-                    log.error("leader loop failed; resigning", exc_info=task.exception())
-                await self.resign()
-                return
-            try:
-                async with asyncio.timeout(self._ttl / 3):
-                    reply = await s.call(lambda c: c.refresh_lease(lease_id))
-                if reply is None or reply.TTL <= 0:
+        """Refresh the lease every TTL/3 on one keepalive stream until it is gone or `lead()`
+        ends; give up once 2/3 of a TTL has passed since the last refresh etcd confirmed
+        (measured from when that refresh was sent, so never later than etcd's own expiry)."""
+        client = self._store.client
+        if client.leasestub is None:  # the channel was replaced since the campaign
+            return
+        stream = client.leasestub.LeaseKeepAlive(metadata=client.metadata)
+        confirmed = time.monotonic()
+        try:
+            while not task.done():
+                await asyncio.wait([task], timeout=self._ttl / 3)
+                if task.done():
+                    if not task.cancelled() and task.exception() is not None:
+                        log.error("leader loop failed; resigning", exc_info=task.exception())
+                    return
+                sent = time.monotonic()
+                left = confirmed + self._ttl * 2 / 3 - sent
+                try:
+                    async with asyncio.timeout(max(0.1, left)):
+                        await stream.write(rpc.LeaseKeepAliveRequest(ID=lease_id))
+                        reply = await stream.read()
+                except (TimeoutError, grpc.RpcError, OSError) as e:
+                    log.error("cannot refresh the leader lease (%s); stepping down",
+                              type(e).__name__)
+                    return
+                if reply is grpc.aio.EOF or reply.TTL <= 0:
                     log.error("leader lease %x expired", lease_id)
                     return
-                last_ok = time.monotonic()
-            except (StateUnavailable, TimeoutError) as e:
-                if time.monotonic() - last_ok > self._ttl * 2 / 3:
-                    log.error("cannot refresh the leader lease for %.1fs (%s); stepping down",
-                              time.monotonic() - last_ok, e)
-                    return
+                confirmed = sent
+        finally:
+            stream.cancel()

@@ -10,11 +10,13 @@ from typing import Any
 
 from coordinator.errors import BadPattern, BadPrefix, BadSite
 
-DEFAULT_PATTERN = r"(?P<model>.+)/(?P<version>[^/]+)"
+DEFAULT_PATTERN = "{model}/{version}"
+MAX_PATTERN = 200
 JOB_STATES = ("pending", "running", "complete", "failed", "cancelled")
 FINISHED = frozenset({"complete", "failed", "cancelled"})
 VERSION_STATES = ("warming", "ready", "failed", "evicting", "evicted")
-MAX_FAILED_OBJECTS = 100
+MAX_FAILED_OBJECTS = 20  # per job: job records stay small (all are read every pass)
+MAX_REASON = 300
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
@@ -40,22 +42,31 @@ def check_site(site: object) -> str:
 
 
 def compile_pattern(pattern: str | None) -> re.Pattern[str]:
-    """Return the compiled model/version pattern (the default if None)."""
-    try:
-        rx = re.compile(pattern or DEFAULT_PATTERN)
-    except (re.error, TypeError) as e:
-        raise BadPattern(f"pattern {pattern!r} is not a regular expression: {e}") from None
-    if not {"model", "version"} <= set(rx.groupindex):
-        raise BadPattern(f"pattern {pattern!r} needs the named groups (?P<model>...) and "
-                         "(?P<version>...)")
-    return rx
+    """Return the regex of a model pattern such as '{model}/{version}' (the default if None).
+
+    A pattern is a template, not a user regex (a regex from a request could backtrack for
+    minutes): `{model}` stands for one or more path segments, `{version}` for one segment,
+    `*` for any one segment, and the rest is literal text.
+    """
+    text = DEFAULT_PATTERN if pattern is None else pattern
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_PATTERN:
+        raise BadPattern(f"pattern {pattern!r} must be a string of 1-{MAX_PATTERN} characters")
+    if text.count("{model}") != 1 or text.count("{version}") != 1:
+        raise BadPattern(f"pattern {text!r} needs {{model}} and {{version}} once each "
+                         "(example: '{model}/{version}')")
+    parts = re.split(r"(\{model\}|\{version\}|\*)", text)
+    if any(c in p for p in parts[::2] for c in "{}"):
+        raise BadPattern(f"pattern {text!r}: only {{model}}, {{version}} and * are placeholders")
+    rx = {"{model}": "(?P<model>[^/]+(?:/[^/]+)*?)", "{version}": "(?P<version>[^/]+)",
+          "*": "[^/]+"}
+    return re.compile("".join(rx.get(p, re.escape(p)) for p in parts))
 
 
 def model_of(bucket: str, prefix: str, pattern: str | None) -> tuple[str, str]:
     """Return (model, version) of a prefix by the pattern, or raise BadPattern."""
     text = f"{bucket}/{prefix}".rstrip("/")
     m = compile_pattern(pattern).fullmatch(text)
-    if m is None or not m.group("model") or not m.group("version"):
+    if m is None:
         raise BadPattern(f"pattern {pattern or DEFAULT_PATTERN!r} does not split {text!r} "
                          "into a model and a version")
     return m.group("model"), m.group("version")
@@ -139,11 +150,19 @@ class Job:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Job:
         """Return a job from its JSON form."""
-        d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
-        d["progress"] = Progress(**d.get("progress", {}))
-        d["sites_progress"] = {s: Progress(**p) for s, p in d.get("sites_progress", {}).items()}
-        d["failed_objects"] = [FailedObject(**f) for f in d.get("failed_objects", [])]
+        d = _known(cls, d)
+        d["progress"] = Progress(**_known(Progress, d.get("progress", {})))
+        d["sites_progress"] = {s: Progress(**_known(Progress, p))
+                               for s, p in d.get("sites_progress", {}).items()}
+        d["failed_objects"] = [FailedObject(**_known(FailedObject, f))
+                               for f in d.get("failed_objects", [])]
         return cls(**d)
+
+
+def _known(cls: type[Any], d: dict[str, Any]) -> dict[str, Any]:
+    """Return the fields of `d` that `cls` has (a newer replica may have written more)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
 
 
 def new_job_id() -> str:
@@ -182,4 +201,4 @@ class Version:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Version:
         """Return a version from its JSON form."""
-        return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+        return cls(**_known(cls, d))

@@ -67,13 +67,18 @@ class Nodes:
 
     async def warm(self, addr: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """Ask a node to warm a batch of blocks; return its per-block results, in order."""
-        results: list[dict[str, Any]] = (await self._post(addr, "/_warm", body))["results"]
+        answer = await self._post(addr, "/_warm", body)
+        results = answer.get("results") if isinstance(answer, dict) else None
         want = sum(len(o["indices"]) for o in body["objects"])
-        if len(results) != want:
-            raise NodeFailed(f"{addr}/_warm answered {len(results)} results for {want} blocks")
+        if not isinstance(results, list) or len(results) != want or not all(
+                isinstance(r, dict) for r in results):
+            raise NodeFailed(f"{addr}/_warm answered something else than {want} results")
         return results
 
     async def evict(self, addr: str, bucket: str, prefix: str) -> tuple[int, int]:
         """Ask a node to delete every block under a prefix; return (blocks, bytes) deleted."""
         r = await self._post(addr, "/_evict", {"bucket": bucket, "prefix": prefix})
-        return int(r["blocks"]), int(r["bytes"])
+        try:
+            return int(r["blocks"]), int(r["bytes"])
+        except (KeyError, TypeError, ValueError):
+            raise NodeFailed(f"{addr}/_evict answered {str(r)[:200]}") from None

@@ -20,23 +20,21 @@ class BlockTask:
     obj: ObjectMeta
     index: int
     length: int
+    bid: str  # the block id: the ring key
     attempts: int = 0
     done_on: str | None = None  # the node that confirmed it (filled or present)
+    from_origin: bool = False  # whether that node filled it (else it was present)
     error: str | None = None  # class name of the last failure
     reason: str = ""
-
-    def block_id(self, block_size: int) -> str:
-        """Return the block's id (the ring key)."""
-        o = self.obj
-        return block_id(o.bucket, o.key, o.etag, self.index, block_size)
 
 
 def block_tasks(manifest: Iterable[ObjectMeta], block_size: int) -> list[BlockTask]:
     """Return one task per block of every object in the manifest (empty objects have none)."""
     tasks = []
-    for obj in manifest:
-        for i in range(block_count(obj.size, block_size)):
-            tasks.append(BlockTask(obj, i, min(block_size, obj.size - i * block_size)))
+    for o in manifest:
+        for i in range(block_count(o.size, block_size)):
+            tasks.append(BlockTask(o, i, min(block_size, o.size - i * block_size),
+                                   block_id(o.bucket, o.key, o.etag, i, block_size)))
     return tasks
 
 
@@ -46,20 +44,19 @@ def ring_of(members: Mapping[str, tuple[int, str]]) -> Ring | None:
     return Ring(weights) if weights else None
 
 
-def by_owner(tasks: Iterable[BlockTask], ring: Ring, block_size: int,
+def by_owner(tasks: Iterable[BlockTask], ring: Ring,
              batch_blocks: int) -> dict[str, list[list[BlockTask]]]:
     """Return, per owner, its blocks in batches of at most `batch_blocks`, in object order."""
     lists: dict[str, list[BlockTask]] = {}
     for t in tasks:
-        lists.setdefault(ring.owner(t.block_id(block_size)), []).append(t)
+        lists.setdefault(ring.owner(t.bid), []).append(t)
     return {node: [ts[i:i + batch_blocks] for i in range(0, len(ts), batch_blocks)]
             for node, ts in lists.items()}
 
 
-def moved(tasks: Iterable[BlockTask], ring: Ring, block_size: int) -> list[BlockTask]:
+def moved(tasks: Iterable[BlockTask], ring: Ring) -> list[BlockTask]:
     """Return the done blocks whose owner is no longer the node that confirmed them."""
-    return [t for t in tasks
-            if t.done_on is not None and ring.owner(t.block_id(block_size)) != t.done_on]
+    return [t for t in tasks if t.done_on is not None and ring.owner(t.bid) != t.done_on]
 
 
 def warm_request(batch: Sequence[BlockTask], block_size: int, verify: bool) -> dict[str, object]:
@@ -72,6 +69,16 @@ def warm_request(batch: Sequence[BlockTask], block_size: int, verify: bool) -> d
             "last_modified": o.last_modified, "indices": []})
         entry["indices"].append(t.index)  # type: ignore[attr-defined]
     return {"block_size": block_size, "verify": verify, "objects": list(objects.values())}
+
+
+def overlapping(bucket: str, prefix: str, versions: Iterable[Version]) -> list[Version]:
+    """Return the live versions (not evicted) whose prefix holds, or lies within, `prefix`.
+
+    Nodes evict by key prefix, any ETag: evicting `m/` would take `m/v1/` with it.
+    """
+    return [v for v in versions if v.bucket == bucket and v.state != "evicted"
+            and v.key_prefix != prefix
+            and (v.key_prefix.startswith(prefix) or prefix.startswith(v.key_prefix))]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +102,7 @@ def evictions(versions: Iterable[Version], keep: int) -> list[EvictVersion]:
     per_model: dict[str, list[Version]] = {}
     out = []
     for v in versions:
-        if v.state == "evicting":
+        if v.state == "evicting" and not v.pinned:
             out.append(v)
         elif v.state in ("ready", "failed"):
             per_model.setdefault(v.model, []).append(v)

@@ -5,7 +5,7 @@
   `cancel/<id>`                             a cancel request, written by any replica
   `models/<site>/versions/<model>/<ver>`    a version at a site (JSON), written by the leader
   `models/<site>/pins/<model>/<ver>`        a pin, written by any replica
-  `models/<site>/evict/<model>/<ver>`       a manual eviction request, written by any replica
+  `evict/<site>/<model>/<ver>`              a manual eviction request, written by any replica
   `models/<site>/policy`                    `{"keep": K}`
   `coordinator/leader`                      the elected replica's id, under its lease
   `sites/<site>/nodes/<id>`                 cache nodes (cachenode.membership)
@@ -32,6 +32,7 @@ from coordinator.model import Job, Version
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_MESSAGE_BYTES = 64 * 2**20  # a listing of every job or version (gRPC's default is 4 MiB)
 
 
 def _q(text: str) -> str:
@@ -49,6 +50,7 @@ class StateStore(Protocol):
     async def list_jobs(self) -> list[Job]: ...
     async def delete_job(self, job_id: str) -> None: ...
     async def request_cancel(self, job_id: str) -> None: ...
+    async def delete_version(self, v: Version) -> None: ...
     async def cancel_requests(self) -> set[str]: ...
     async def put_version(self, v: Version) -> None: ...
     async def get_version(self, site: str, model: str, version: str) -> Version | None: ...
@@ -79,7 +81,8 @@ class EtcdStateStore:
         """Return the aetcd client (connected lazily by `call`)."""
         if self._client is None:
             host, port = self._endpoints[self._at % len(self._endpoints)]
-            self._client = aetcd.Client(host, port, timeout=self._timeout_s)
+            self._client = aetcd.Client(host, port, timeout=self._timeout_s, options={
+                "grpc.max_receive_message_length": MAX_MESSAGE_BYTES})
         return self._client
 
     async def close(self) -> None:
@@ -89,13 +92,23 @@ class EtcdStateStore:
             await client.close()
 
     async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Run one etcd call; on failure move to the next endpoint and raise StateUnavailable."""
+        """Run one etcd call; raise StateUnavailable if it fails.
+
+        Only a refused connection moves this store to the next endpoint, and only once per
+        client: closing the channel cancels every call in flight on it, so one slow call
+        must not take the others down.
+        """
+        client = self.client
+        host, port = self._endpoints[self._at % len(self._endpoints)]
         try:
-            return await fn(self.client)
-        except (aetcd.exceptions.ClientError, grpc.RpcError, OSError, TimeoutError) as e:
-            host, port = self._endpoints[self._at % len(self._endpoints)]
-            self._at += 1
-            await self.close()
+            return await fn(client)
+        except (aetcd.exceptions.ConnectionFailedError, OSError) as e:
+            if self._client is client:
+                self._at += 1
+                self._client = None
+                await client.close()
+            raise StateUnavailable(f"etcd at {host}:{port} is unreachable: {e}") from None
+        except (aetcd.exceptions.ClientError, grpc.RpcError, TimeoutError) as e:
             raise StateUnavailable(f"etcd at {host}:{port} did not answer: "
                                    f"{type(e).__name__}: {e}") from None
 
@@ -145,8 +158,13 @@ class EtcdStateStore:
         return None if raw is None else Job.from_dict(json.loads(raw))
 
     async def list_jobs(self) -> list[Job]:
-        """Return every job, newest first."""
-        jobs = [Job.from_dict(json.loads(v)) for _, v in await self._prefix(self.root + "jobs/")]
+        """Return every job, newest first (records this version cannot read are skipped)."""
+        jobs = []
+        for k, raw in await self._prefix(self.root + "jobs/"):
+            try:
+                jobs.append(Job.from_dict(json.loads(raw)))
+            except (ValueError, TypeError, KeyError) as e:
+                log.warning("skipping unreadable job record %s: %s", k, e)
         return sorted(jobs, key=lambda j: j.created, reverse=True)
 
     async def delete_job(self, job_id: str) -> None:
@@ -182,6 +200,10 @@ class EtcdStateStore:
         v.pinned = await self._get(self._vkey("pins", site, model, version)) is not None
         return v
 
+    async def delete_version(self, v: Version) -> None:
+        """Forget a version record (leader only; used for long-evicted ones)."""
+        await self._delete(self._vkey("versions", v.site, v.model, v.version))
+
     async def list_versions(self, site: str | None = None) -> list[Version]:
         """Return the versions of one site (or all), pins filled in, by site/model/version."""
         base = self.root + "models/" + (f"{site}/" if site else "")
@@ -189,7 +211,10 @@ class EtcdStateStore:
         for k, raw in await self._prefix(base):
             rest = k[len(self.root + "models/"):].split("/")
             if len(rest) == 4 and rest[1] == "versions":
-                out.append(Version.from_dict(json.loads(raw)))
+                try:
+                    out.append(Version.from_dict(json.loads(raw)))
+                except (ValueError, TypeError, KeyError) as e:
+                    log.warning("skipping unreadable version record %s: %s", k, e)
             elif len(rest) == 4 and rest[1] == "pins":
                 pins.add((rest[0], urllib.parse.unquote(rest[2]), urllib.parse.unquote(rest[3])))
         for v in out:
@@ -201,19 +226,21 @@ class EtcdStateStore:
         key = self._vkey("pins", site, model, version)
         await (self._put(key, b"1") if pinned else self._delete(key))
 
+    def _evict_key(self, v: Version) -> str:
+        return f"{self.root}evict/{v.site}/{_q(v.model)}/{_q(v.version)}"
+
     async def request_evict(self, v: Version) -> None:
         """Ask the leader to evict a version from a site."""
-        await self._put(self._vkey("evict", v.site, v.model, v.version),
-                        json.dumps(v.to_dict()).encode())
+        await self._put(self._evict_key(v), json.dumps(v.to_dict()).encode())
 
     async def evict_requests(self) -> list[Version]:
         """Return the evictions asked for by hand."""
-        return [Version.from_dict(json.loads(raw)) for k, raw in
-                await self._prefix(self.root + "models/") if k.split("/")[-3] == "evict"]
+        return [Version.from_dict(json.loads(raw))
+                for _, raw in await self._prefix(self.root + "evict/")]
 
     async def clear_evict_request(self, v: Version) -> None:
         """Forget a handled eviction request."""
-        await self._delete(self._vkey("evict", v.site, v.model, v.version))
+        await self._delete(self._evict_key(v))
 
     async def get_keep(self, site: str) -> int | None:
         """Return a site's keep count, or None for the default."""

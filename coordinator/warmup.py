@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from cachenode.blocks import ObjectMeta
+from cachenode.ring import Ring
 from client.membership import GroupView
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import BadSite
-from coordinator.model import MAX_FAILED_OBJECTS, FailedObject, Progress
+from coordinator.model import MAX_FAILED_OBJECTS, MAX_REASON, FailedObject, Progress
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.planner import (
     RETRYABLE,
@@ -34,6 +35,8 @@ from coordinator.planner import (
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
+MORE_ROUNDS = 4  # rounds beyond --block-attempts, for blocks whose owner left (then: give up)
+FIRST_VIEW_ATTEMPTS = 5
 
 
 class RateLimit:
@@ -62,33 +65,38 @@ class RateLimit:
         self._at = now
 
 
+class SiteLimits:
+    """The caps one site's warmups share, whatever the number of jobs: blocks in flight, bytes/s."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.slots = asyncio.Semaphore(max(1, config.site_inflight_blocks // config.batch_blocks))
+        self.rate = RateLimit(config.site_origin_bytes_per_s)
+
+
 class SiteWarmup:
     """Put every block of a manifest on one site's owners; progress is read live."""
 
     def __init__(self, site: str, manifest: Sequence[ObjectMeta], verify: bool,
-                 config: CoordinatorConfig, nodes: Nodes) -> None:
+                 config: CoordinatorConfig, nodes: Nodes, limits: SiteLimits) -> None:
         self.site, self._manifest, self._verify = site, manifest, verify
-        self._cfg, self._nodes = config, nodes
+        self._cfg, self._nodes, self._limits = config, nodes, limits
         self.progress = Progress(objects=len(manifest), bytes_total=sum(o.size for o in manifest))
         self.failed: list[FailedObject] = []
         self._tasks: list[BlockTask] = []
         self._block_size = 0
-        self._site_slots = asyncio.Semaphore(max(1, config.site_inflight_blocks
-                                                 // config.batch_blocks))
-        self._rate = RateLimit(config.site_origin_bytes_per_s)
 
     async def run(self) -> bool:
         """Warm the site; return True if every block is on its owner."""
-        view = await self._nodes.view(self.site)
-        self._block_size = bs = view.block_size
-        self._tasks = block_tasks(self._manifest, bs)
+        view = await self._first_view()
+        self._block_size = view.block_size
+        self._tasks = await asyncio.to_thread(block_tasks, self._manifest, view.block_size)
         p = self.progress
         p.blocks_total = len(self._tasks)
         p.bytes_done = p.bytes_total - sum(t.length for t in self._tasks)  # empty objects
-        todo = self._tasks
-        rounds = 0
-        while todo:
-            ring = ring_of({i: (m.weight, m.state) for i, m in view.members.items()})
+        todo, rounds = self._tasks, 0
+        while todo and rounds < self._cfg.block_attempts + MORE_ROUNDS:
+            rounds += 1
+            ring = _ring(view)
             if ring is None:
                 for t in todo:
                     t.attempts += 1
@@ -96,19 +104,28 @@ class SiteWarmup:
             else:
                 await self._round(todo, ring, view)
             view = await self._fresh_view(view)
-            ring = ring_of({i: (m.weight, m.state) for i, m in view.members.items()})
+            ring = _ring(view)
             again = [t for t in self._tasks if t.done_on is None and t.error in RETRYABLE
                      and t.attempts < self._cfg.block_attempts]
-            lost = moved(self._tasks, ring, bs) if ring is not None else []
+            lost = await asyncio.to_thread(moved, self._tasks, ring) if ring is not None else []
             for t in lost:  # confirmed on a node that no longer owns it: warm it again
                 self._undo(t)
             todo = again + lost
             if again:
                 p.retries += len(again)
                 await asyncio.sleep(min(MAX_BACKOFF_S, self._cfg.retry_base_s * 2 ** rounds))
-                rounds += 1
         self._report_failures()
         return p.blocks_failed == 0
+
+    async def _first_view(self) -> GroupView:
+        """Return the site's members, waiting out a short etcd outage (BadSite if none)."""
+        for attempt in range(FIRST_VIEW_ATTEMPTS):
+            try:
+                return await self._nodes.view(self.site)
+            except NodeFailed as e:
+                log.warning("site %s: cannot read its members (%s); retrying", self.site, e)
+                await asyncio.sleep(min(MAX_BACKOFF_S, 2.0 ** attempt))
+        return await self._nodes.view(self.site)
 
     async def _fresh_view(self, old: GroupView) -> GroupView:
         """Return the site's current members (the old view if etcd cannot be read now)."""
@@ -119,23 +136,21 @@ class SiteWarmup:
                         self.site, e)
             return old
 
-    async def _round(self, todo: list[BlockTask], ring: object, view: GroupView) -> None:
+    async def _round(self, todo: list[BlockTask], ring: Ring, view: GroupView) -> None:
         """Send every owner its batches, a few at a time per node."""
-        plan = by_owner(todo, ring, self._block_size, self._cfg.batch_blocks)  # type: ignore[arg-type]
+        plan = await asyncio.to_thread(by_owner, todo, ring, self._cfg.batch_blocks)
         for t in todo:
             t.error = None
-        workers = []
-        for node, batches in plan.items():
-            addr = view.members[node].http
-            queue = iter(batches)
-            for _ in range(min(self._cfg.node_concurrency, len(batches))):
-                workers.append(self._worker(node, addr, queue))
-        await asyncio.gather(*workers)
+        async with asyncio.TaskGroup() as tg:  # a worker that crashes stops the others
+            for node, batches in plan.items():
+                queue = iter(batches)
+                for _ in range(min(self._cfg.node_concurrency, len(batches))):
+                    tg.create_task(self._worker(node, view.members[node].http, queue))
 
-    async def _worker(self, node: str, addr: str, batches: object) -> None:
-        for batch in batches:  # type: ignore[attr-defined]
-            await self._rate.wait()
-            async with self._site_slots:
+    async def _worker(self, node: str, addr: str, batches: Iterator[list[BlockTask]]) -> None:
+        for batch in batches:
+            await self._limits.rate.wait()
+            async with self._limits.slots:
                 await self._send(node, addr, batch)
 
     async def _send(self, node: str, addr: str, batch: list[BlockTask]) -> None:
@@ -158,11 +173,11 @@ class SiteWarmup:
                 filled += t.length if status == "filled" else 0
             else:
                 self._fail(t, str(r.get("error") or "NodeError"), str(r.get("reason", status)))
-        self._rate.charge(filled)
+        self._limits.rate.charge(filled)
 
     def _done(self, t: BlockTask, node: str, from_origin: bool) -> None:
         p = self.progress
-        t.done_on, t.error = node, None
+        t.done_on, t.from_origin, t.error = node, from_origin, None
         p.blocks_done += 1
         p.bytes_done += t.length
         if from_origin:
@@ -171,22 +186,30 @@ class SiteWarmup:
             p.present += 1
 
     def _undo(self, t: BlockTask) -> None:
+        """Take a block's confirmation back (its node left the ring)."""
         p = self.progress
-        t.done_on = None
-        t.attempts = 0
         p.blocks_done -= 1
         p.bytes_done -= t.length
+        if t.from_origin:
+            p.origin_fills -= 1
+        else:
+            p.present -= 1
+        t.done_on, t.from_origin = None, False
 
     def _fail(self, t: BlockTask, error: str, reason: str) -> None:
-        t.error, t.reason = error, reason
+        t.error, t.reason = error, reason[:MAX_REASON]
 
     def _report_failures(self) -> None:
-        """Count the blocks that stay undone and list their objects (at most 100)."""
+        """Count the blocks that stay undone and list their objects (the first few)."""
         per_obj: dict[str, list[BlockTask]] = {}
         for t in self._tasks:
             if t.done_on is None:
                 per_obj.setdefault(t.obj.key, []).append(t)
         self.progress.blocks_failed = sum(len(ts) for ts in per_obj.values())
-        self.failed = [FailedObject(self.site, key, len(ts), ts[0].error or "NodeError",
-                                    ts[0].reason)
+        self.failed = [FailedObject(self.site, key, len(ts), ts[0].error or "GaveUp",
+                                    ts[0].reason or "still not warmed after the last round")
                        for key, ts in sorted(per_obj.items())[:MAX_FAILED_OBJECTS]]
+
+
+def _ring(view: GroupView) -> Ring | None:
+    return ring_of({i: (m.weight, m.state) for i, m in view.members.items()})

@@ -62,7 +62,7 @@ class CoordinatorProcess:
         """Send one API request; return (status, parsed JSON body)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
         try:
-            data = None if body is None else json.dumps(body)
+            data = body if body is None or isinstance(body, bytes) else json.dumps(body)
             conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
             r = conn.getresponse()
             raw = r.read()

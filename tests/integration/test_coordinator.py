@@ -126,16 +126,19 @@ def test_bad_warmups_get_a_clear_error_and_change_nothing(
         ({"prefix": "s3://no-such-bucket-here/m/v1/", "sites": ["s1"]}, 404, "does not exist"),
         ({"prefix": f"s3://{bucket}/m/v1/", "sites": ["mars"]}, 400, "site 'mars' has no cache"),
         ({"prefix": f"s3://{bucket}/m/v1/", "sites": []}, 400, "site"),
-        ({"prefix": f"s3://{bucket}/m/v1/", "sites": ["s1"], "pattern": "(?P<model>x"}, 400,
-         "not a regular expression"),
-        ({"prefix": f"s3://{bucket}/m/v1/", "sites": ["s1"], "pattern": "(?P<model>.+)"}, 400,
-         "named groups"),
+        ({"prefix": f"s3://{bucket}/m/v1/", "sites": ["s1"], "pattern": "{model}"}, 400,
+         "needs {model} and {version}"),
+        ({"prefix": f"s3://{bucket}/m/v1/", "sites": ["s1"], "pattern": "{model}/{version}/x"},
+         400, "does not split"),
+        ({"prefix": f"s3://{bucket}/m/v1/", "sites": ["s1"], "pattern": 7}, 400, "string"),
         ({"prefix": f"{bucket}/m/v1/", "sites": ["s1"]}, 400, "is not s3://"),
+        ({"prefix": f"s3://{bucket}/m/v1/", "sites": ["s1"], "verify": "no"}, 400, "verify"),
     ]
     for body, status, reason in cases:
         got, answer = coord.call("POST", "/v1/jobs", body)
         assert (got, reason in answer["reason"]) == (status, True), (body, answer)
-    assert coord.call("POST", "/v1/jobs", "[1]")[0] == 400
+    assert coord.call("POST", "/v1/jobs", b"[1]")[0] == 400
+    assert coord.call("POST", "/v1/jobs", b"[" * 60000)[0] == 400
     assert coord.call("GET", "/v1/jobs")[1] == {"jobs": []}
     assert coord.call("GET", "/v1/models")[1] == {"versions": []}
     assert coord.call("GET", "/v1/jobs/w-nope")[0] == 404
@@ -145,7 +148,7 @@ def test_a_killed_leader_is_replaced_and_the_job_finishes_without_refetching(
         tmp_path: Path, group: LocalGroup, s3, etcd, bucket: str, proxy) -> None:  # type: ignore[no-untyped-def]
     files = upload(s3, bucket, "big/v1/", {f"shard-{i}": 6 * BS for i in range(4)})
     n = blocks_of(files)
-    slow = ("--batch-blocks", "1", "--site-inflight-blocks", "1")
+    slow = ("--batch-blocks", "1", "--site-inflight-blocks", "1", "--site-origin-rate", "12MiB")
     c1 = coordinator(tmp_path, s3, etcd, group, "c1", *slow)
     c2 = None
     try:
@@ -158,6 +161,7 @@ def test_a_killed_leader_is_replaced_and_the_job_finishes_without_refetching(
         while c1.job(job_id)["progress"]["blocks_done"] < 4:
             assert time.monotonic() < deadline, c1.job(job_id)
             time.sleep(0.05)
+        assert c1.job(job_id)["state"] == "running"  # the rate cap keeps it going ~8 s
         c1.kill9()
         c2.wait_leader(timeout_s=15)
         job = c2.wait_job(job_id)
@@ -194,7 +198,8 @@ def test_a_node_killed_mid_warmup_leaves_its_blocks_to_the_new_owners(
         assert c.job(job_id)["state"] == "running"  # the rate cap keeps it going ~10 s
         job = c.wait_job(job_id)
         assert job["state"] == "complete", job
-        assert job["progress"]["blocks_done"] == n
+        p = job["progress"]
+        assert p["blocks_done"] == p["origin_fills"] + p["present"] == n
         group.wait_view(2)
         proxy.reset()
         read_all(group, bucket, files)
@@ -237,9 +242,13 @@ def test_keep_two_evicts_the_oldest_version_and_a_pinned_one_stays(
     read_all(group, bucket, versions["v1"])
     assert gets(proxy) == 3  # v1's blocks had left the disks
 
-    # by hand: evict v3 (a pinned version is refused until unpinned)
+    # by hand: evict v3 (a pinned version is refused until unpinned, and so is a prefix
+    # that holds other versions)
     assert coord.call("POST", "/v1/evict", {"prefix": f"s3://{bucket}/other/p1/",
                                             "site": "s1"})[0] == 409
+    status, body = coord.call("POST", "/v1/evict", {"prefix": f"s3://{bucket}/llm/",
+                                                    "site": "s1"})
+    assert status == 409 and "would also evict" in body["reason"], body
     assert coord.call("POST", "/v1/evict", {"prefix": f"s3://{bucket}/llm/v3/",
                                             "site": "s1"})[0] == 202
     deadline = time.monotonic() + 30

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -31,8 +33,8 @@ def test_one_replica_leads_a_successor_takes_over_and_the_deposed_cannot_write(e
     cluster = f"el-{uuid.uuid4().hex[:8]}"
 
     async def go() -> None:
-        a, b = _store(etcd, cluster, "a"), _store(etcd, cluster, "b")
-        ea, eb = Election(a, 2), Election(b, 2)
+        a, b, c = (_store(etcd, cluster, n) for n in "abc")
+        ea, eb, ec = Election(a, 6), Election(b, 6), Election(c, 2)
         led: list[str] = []
 
         def leader(name: str):  # type: ignore[no-untyped-def]
@@ -51,32 +53,37 @@ def test_one_replica_leads_a_successor_takes_over_and_the_deposed_cannot_write(e
         with pytest.raises(NotLeader):
             await b.put_job(job)  # a follower's is refused
 
-        # "a" stops refreshing its lease (a hung or partitioned leader): "b" takes over
+        # a leader that stops (SIGTERM) revokes its lease: "b" leads well within the 6 s TTL
+        t0 = time.monotonic()
         ta.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ta
-        await _wait(lambda: eb.leading)
-        assert led == ["a", "b"]
+        await _wait(lambda: eb.leading, timeout_s=4)
+        assert time.monotonic() - t0 < 4 and led == ["a", "b"]
         with pytest.raises(NotLeader):
             await a.put_job(job)  # the deposed leader can no longer write
         job.state = "running"
         await b.put_job(job)
         got = await a.get_job("w-1")
         assert got is not None and got.state == "running"
-
-        # a graceful resign hands over at once
-        await eb.resign()
         tb.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await tb
-        c = _store(etcd, cluster, "c")
-        ec = Election(c, 2)
+
+        # a leader that hangs (its lease is never refreshed): "c" leads once the lease lapses
+        async def hang(cl: Any) -> None:
+            lease = await cl.lease(2)
+            await cl.put(a.leader_key, b"x", lease=lease.id)
+
+        await a.call(hang)
         tc = asyncio.create_task(ec.run(leader("c")))
-        await _wait(lambda: ec.leading, timeout_s=3)
+        await asyncio.sleep(0.5)
+        assert not ec.leading and ec.leader_id == "x"
+        await _wait(lambda: ec.leading, timeout_s=10)
+        assert led == ["a", "b", "c"]
         tc.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await tc
-        await ec.resign()
         for s in (a, b, c):
             await s.close()
 

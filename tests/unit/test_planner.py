@@ -10,7 +10,15 @@ from cachenode.ring import Ring
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import BadPattern, BadPrefix, BadSite
 from coordinator.model import Job, Progress, Version, check_site, model_of, parse_prefix
-from coordinator.planner import BlockTask, block_tasks, by_owner, evictions, moved, warm_request
+from coordinator.planner import (
+    BlockTask,
+    block_tasks,
+    by_owner,
+    evictions,
+    moved,
+    overlapping,
+    warm_request,
+)
 
 BS = 4 * 2**20
 
@@ -29,14 +37,20 @@ def test_prefixes_are_normalised_and_bad_ones_say_why() -> None:
 
 def test_the_last_segment_is_the_version_unless_a_pattern_says_otherwise() -> None:
     assert model_of("models", "org/qwen3-8b/v2/", None) == ("models/org/qwen3-8b", "v2")
-    rx = r"(?P<model>[^/]+/[^/]+)/(?P<version>[^/]+)/weights"
-    assert model_of("m", "qwen/v7/weights/", rx) == ("m/qwen", "v7")
-    with pytest.raises(BadPattern, match="named groups"):
-        model_of("m", "a/b/", r"(?P<model>.+)/(.+)")
-    with pytest.raises(BadPattern, match="not a regular expression"):
-        model_of("m", "a/b/", r"(?P<model>.+")
+    assert model_of("m", "qwen/v7/weights/", "{model}/{version}/weights") == ("m/qwen", "v7")
+    assert model_of("m", "team/qwen/v7/", "*/{model}/{version}") == ("team/qwen", "v7")
+    assert model_of("m", "q.w+n/v(1)/", None) == ("m/q.w+n", "v(1)")  # literal, not regex
+    with pytest.raises(BadPattern, match="once each"):
+        model_of("m", "a/b/", "{model}/(.+)")
+    with pytest.raises(BadPattern, match="only {model}"):
+        model_of("m", "a/b/", "{model}/{version}/{x}")
+    with pytest.raises(BadPattern, match="1-200 characters"):
+        model_of("m", "a/b/", "")
     with pytest.raises(BadPattern, match="does not split"):
-        model_of("m", "a/b/", r"(?P<model>x)/(?P<version>y)")
+        model_of("m", "a/b/", "{model}/{version}/weights")
+    # a template cannot backtrack for long, whatever the prefix
+    with pytest.raises(BadPattern, match="does not split"):
+        model_of("m", "/".join(["a"] * 400) + "/", "{model}/*/*/{version}/x")
 
 
 def test_config_requires_etcd_and_a_good_pattern() -> None:
@@ -44,7 +58,7 @@ def test_config_requires_etcd_and_a_good_pattern() -> None:
         CoordinatorConfig.from_args([], env={})
     with pytest.raises(ConfigError, match="--model-pattern"):
         CoordinatorConfig.from_args(["--etcd", "http://127.0.0.1:2379", "--model-pattern",
-                                     "(?P<model>x"], env={})
+                                     "{model}"], env={})
     c = CoordinatorConfig.from_args(["--etcd", "http://127.0.0.1:2379"],
                                     env={"CACHECOORD_KEEP": "3"})
     assert c.keep_versions == 3 and c.etcd_hostports == [("127.0.0.1", 2379)]
@@ -73,13 +87,13 @@ def test_blocks_go_to_their_ring_owner_in_bounded_batches() -> None:
     objs = [ObjectMeta("b", f"m/{i}", 10 * BS, f'"{i}"') for i in range(20)]
     tasks = block_tasks(objs, BS)
     ring = Ring({"n0": 100, "n1": 100, "n2": 100})
-    plan = by_owner(tasks, ring, BS, 16)
+    plan = by_owner(tasks, ring, 16)
     assert set(plan) == {"n0", "n1", "n2"}
     seen = 0
     for node, batches in plan.items():
         for batch in batches:
             assert 1 <= len(batch) <= 16
-            assert all(ring.owner(t.block_id(BS)) == node for t in batch)
+            assert all(ring.owner(t.bid) == node for t in batch)
             seen += len(batch)
     assert seen == len(tasks) == 200
 
@@ -88,17 +102,18 @@ def test_only_blocks_confirmed_on_a_node_that_left_are_warmed_again() -> None:
     tasks = block_tasks([ObjectMeta("b", f"m/{i}", 8 * BS, f'"{i}"') for i in range(10)], BS)
     before = Ring({"n0": 100, "n1": 100, "n2": 100})
     for t in tasks:
-        t.done_on = before.owner(t.block_id(BS))
+        t.done_on = before.owner(t.bid)
     tasks[0].done_on = None  # not done yet: not "moved", just still to do
     after = Ring({"n0": 100, "n2": 100})
-    lost = moved(tasks, after, BS)
+    lost = moved(tasks, after)
     assert lost and all(t.done_on == "n1" for t in lost)
     assert {id(t) for t in lost} == {id(t) for t in tasks if t.done_on == "n1"}
 
 
 def test_a_warm_request_groups_a_batch_by_object() -> None:
     a, c = _objs()[0], _objs()[2]
-    body = warm_request([BlockTask(a, 0, BS), BlockTask(a, 2, 5), BlockTask(c, 0, BS)], BS, True)
+    body = warm_request([BlockTask(a, 0, BS, "x"), BlockTask(a, 2, 5, "y"),
+                         BlockTask(c, 0, BS, "z")], BS, True)
     assert body["block_size"] == BS and body["verify"] is True
     assert [(o["key"], o["indices"]) for o in body["objects"]] == [  # type: ignore[attr-defined]
         ("m/a", [0, 2]), ("m/c", [0])]
@@ -132,3 +147,12 @@ def test_failed_versions_leave_once_a_newer_one_is_ready_and_evicting_ones_resum
     assert _names(evictions([_v("v1", "failed", at=1), _v("v2", at=2)], 2)) == ["b/m:v1"]
     assert _names(evictions([_v("v1", at=1), _v("v2", "evicting", at=2)], 2)) == ["b/m:v2"]
     assert evictions([_v("v1", "evicted", at=1), _v("v2", at=2)], 1) == []
+    assert evictions([_v("v1", "evicting", at=1, pinned=True)], 1) == []  # a pin stops it
+
+
+def test_evicting_a_prefix_would_take_every_version_under_it() -> None:
+    vs = [_v("v1"), _v("v2", "evicted"), Version("hz", "b/x", "v1", "b", "x/v1/")]
+    assert [v.version for v in overlapping("b", "m/", vs)] == ["v1"]  # evicted ones don't count
+    assert overlapping("b", "m/v1/", vs) == []  # itself
+    assert [v.key_prefix for v in overlapping("b", "m/v1/sub/", vs)] == ["m/v1/"]
+    assert overlapping("other", "m/", vs) == []
