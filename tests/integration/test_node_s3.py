@@ -153,7 +153,10 @@ def test_kill9_during_fills_leaves_only_good_blocks(node: NodeProcess, proxy, s3
         futs = [pool.submit(node.get, "/crash/a.bin",
                             {"Range": f"bytes={s}-{s + BS - 1}"}, "GET", 30)
                 for s in range(0, len(body), BS)]
-        time.sleep(0.3)
+        deadline = time.monotonic() + 20
+        while node.metric("blockcache_store_blocks") < 1:  # kill once some are indexed
+            assert time.monotonic() < deadline, "no block was stored in 20 s"
+            time.sleep(0.01)
         node.kill9()
         for f in futs:
             try:
