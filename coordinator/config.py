@@ -52,7 +52,7 @@ class CoordinatorConfig:
         "one or more path segments, {version} one, * any one, the rest literal", str))
     keep_versions: int = field(default=2, metadata=_opt(
         "--keep", "ready versions kept per model per site unless a site sets its own", int))
-    batch_blocks: int = field(default=16, metadata=_opt(
+    batch_blocks: int = field(default=8, metadata=_opt(
         "--batch-blocks", "blocks per warm request to a node", int))
     node_concurrency: int = field(default=2, metadata=_opt(
         "--node-concurrency", "warm requests in flight per node", int))

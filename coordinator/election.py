@@ -92,7 +92,7 @@ class Election:
             await asyncio.shield(self._revoke(lease_id))
             self.leading = False
             self._on_change(False)
-            log.warning("%s stopped leading", self._store.identity)
+            log.info("%s stopped leading", self._store.identity)
 
     async def _keep(self, lease_id: int, task: asyncio.Task[None]) -> None:
         """Refresh the lease every TTL/3 on one keepalive stream until it is gone or `lead()`

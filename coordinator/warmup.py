@@ -12,9 +12,10 @@ that no longer owns them (it died or left) are warmed again on the new owner.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from cachenode.blocks import ObjectMeta
 from cachenode.ring import Ring
@@ -65,11 +66,33 @@ class RateLimit:
         self._at = now
 
 
+class BlockBudget:
+    """At most `cap` blocks in flight; a batch waits until all of its blocks fit."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.used = cap, 0
+        self._cond = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def take(self, n: int) -> AsyncIterator[None]:
+        """Hold `n` blocks of the budget for the duration of the block."""
+        n = min(n, self.cap)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.cap)
+            self.used += n
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
 class SiteLimits:
     """The caps one site's warmups share, whatever the number of jobs: blocks in flight, bytes/s."""
 
     def __init__(self, config: CoordinatorConfig) -> None:
-        self.slots = asyncio.Semaphore(max(1, config.site_inflight_blocks // config.batch_blocks))
+        self.blocks = BlockBudget(config.site_inflight_blocks)
         self.rate = RateLimit(config.site_origin_bytes_per_s)
 
 
@@ -138,7 +161,8 @@ class SiteWarmup:
 
     async def _round(self, todo: list[BlockTask], ring: Ring, view: GroupView) -> None:
         """Send every owner its batches, a few at a time per node."""
-        plan = await asyncio.to_thread(by_owner, todo, ring, self._cfg.batch_blocks)
+        batch = min(self._cfg.batch_blocks, self._cfg.site_inflight_blocks)
+        plan = await asyncio.to_thread(by_owner, todo, ring, batch)
         for t in todo:
             t.error = None
         async with asyncio.TaskGroup() as tg:  # a worker that crashes stops the others
@@ -150,7 +174,7 @@ class SiteWarmup:
     async def _worker(self, node: str, addr: str, batches: Iterator[list[BlockTask]]) -> None:
         for batch in batches:
             await self._limits.rate.wait()
-            async with self._limits.slots:
+            async with self._limits.blocks.take(len(batch)):
                 await self._send(node, addr, batch)
 
     async def _send(self, node: str, addr: str, batch: list[BlockTask]) -> None:

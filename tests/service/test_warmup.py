@@ -123,3 +123,23 @@ def test_a_malformed_node_answer_fails_the_site_without_leaving_workers_behind()
     nodes.warm = broken  # type: ignore[method-assign]
     with pytest.raises(ExceptionGroup):
         _run(nodes, OBJS)
+
+
+def test_blocks_in_flight_stay_under_the_site_cap_and_fill_it() -> None:
+    nodes = FakeNodes(3)
+    inner = nodes.warm
+    now, peak = 0, 0
+
+    async def slow(addr: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        nonlocal now, peak
+        n = sum(len(o["indices"]) for o in body["objects"])
+        now += n
+        peak = max(peak, now)
+        await asyncio.sleep(0.01)
+        now -= n
+        return await inner(addr, body)
+
+    nodes.warm = slow  # type: ignore[method-assign]
+    w = _run(nodes, OBJS, site_inflight_blocks=10, node_concurrency=2)
+    assert w.progress.blocks_done == 66
+    assert 8 <= peak <= 10  # batches of 4 from 3 nodes share 10 slots
