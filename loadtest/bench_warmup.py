@@ -1,7 +1,7 @@
 """Warmup: the coordinator puts a model prefix on a 3-node group vs reading it straight from S3.
 
     .venv/bin/python loadtest/bench_warmup.py [--quick] [--size MiB] [--parallel 16]
-                                              [--batch-blocks 16] [--no-direct-again]
+                                              [--batch-blocks 8] [--no-direct-again]
 
 SeaweedFS + etcd + a LocalGroup of 3 cache nodes (`--capacity` big enough for the whole
 model on each) + one `cachecoordinator` (tests/coordproc.py settings, plus
@@ -511,7 +511,7 @@ def main() -> int:
     p.add_argument("--size", type=int, help="MiB of safetensors shards (default 2048; quick 512)")
     p.add_argument("--parallel", type=int, default=16,
                    help="P: direct GETs in flight = the warmup's --site-inflight-blocks")
-    p.add_argument("--batch-blocks", type=int, default=16,
+    p.add_argument("--batch-blocks", type=int, default=8,
                    help="the coordinator's --batch-blocks (blocks per POST /_warm)")
     p.add_argument("--coordinator-arg", action="append", default=[], metavar="ARG",
                    help="extra cachecoordinator argument (repeat; e.g. --coordinator-arg="
