@@ -308,3 +308,30 @@ def test_cachectl_drives_the_real_coordinator(
         assert versions == {"v1": "failed"}
     finally:
         coord.stop()
+
+
+def test_one_job_warms_two_sites_each_on_its_own_ring(
+        tmp_path: Path, group: LocalGroup, s3, etcd, bucket: str, proxy) -> None:  # type: ignore[no-untyped-def]
+    env = {**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint_url}
+    with LocalGroup(tmp_path / "fra", env, etcd.endpoint, 2, "--capacity", "1GiB",
+                    cluster=group.cluster, site="fra") as fra:
+        files = upload(s3, bucket, "two/v1/", {"a.bin": 5 * BS, "b.bin": 3 * BS + 9})
+        n = blocks_of(files)
+        c = coordinator(tmp_path, s3, etcd, group, "c1")
+        try:
+            c.wait_leader()
+            proxy.reset()
+            job = c.wait_job(warm(c, f"s3://{bucket}/two/v1/", ["s1", "fra"])["id"])
+            assert job["state"] == "complete", job
+            assert {s: p["blocks_done"] for s, p in job["sites_progress"].items()} == {
+                "s1": n, "fra": n}
+            assert job["progress"]["origin_fills"] == gets(proxy) == 2 * n  # once per site
+            proxy.reset()
+            read_all(group, bucket, files)
+            read_all(fra, bucket, files)
+            assert gets(proxy) == 0
+            versions = c.call("GET", "/v1/models")[1]["versions"]
+            assert sorted((v["site"], v["state"]) for v in versions) == [
+                ("fra", "ready"), ("s1", "ready")]
+        finally:
+            c.stop()
