@@ -115,7 +115,6 @@ class SiteWarmup:
         self._tasks = await asyncio.to_thread(block_tasks, self._manifest, view.block_size)
         p = self.progress
         p.blocks_total = len(self._tasks)
-        p.bytes_done = p.bytes_total - sum(t.length for t in self._tasks)  # empty objects
         todo, rounds = self._tasks, 0
         while todo and rounds < self._cfg.block_attempts + MORE_ROUNDS:
             rounds += 1
