@@ -139,12 +139,7 @@ class Filler:
         False if it was stored but corrupt or short (it is dropped)."""
         if not self._store.has(ref.block_id, ref.length):
             return None
-        ob = self._store.open_block(ref.block_id, ref.length)  # a short file drops here
-        data = None if ob is None else await self._read_checked(ob)
-        if data is None:
-            self._store.delete(ref.block_id)
-            return False
-        return True
+        return await self.read_stored_checked(ref) is not None  # a bad one is dropped
 
     async def read_block_bytes(self, ref: BlockRef) -> bytes:
         """Return the whole block as bytes, checking the checksum of a disk hit."""

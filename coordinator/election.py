@@ -85,9 +85,15 @@ class Election:
         try:
             await self._keep(lease_id, task)
         finally:
+            ended_itself = task.done()  # then _keep has logged how
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:
+                if not ended_itself:
+                    log.warning("leader loop failed while stopping", exc_info=True)
             # Hand over at once (shutdown, crash, or a lease we can no longer vouch for).
             await asyncio.shield(self._revoke(lease_id))
             self.leading = False

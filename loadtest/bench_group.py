@@ -674,12 +674,7 @@ def main() -> int:
     dest = RESULTS_DIR / f"group-{stamp}.json"
     dest.write_text(json.dumps(out, indent=1, default=str))
     report(out, dest)
-    if failed is not None:
-        if isinstance(failed, KeyboardInterrupt):
-            return 130
-        print(out["error"], file=sys.stderr)
-        return 1
-    return 0
+    return h.exit_code(failed, out.get("error", ""))
 
 
 if __name__ == "__main__":

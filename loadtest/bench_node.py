@@ -812,12 +812,7 @@ def main() -> int:
     pc = out["meta"].get("page_cache_write_gbps")
     print(f"\nwall {out['meta']['wall_seconds']} s; {h.NCPU} CPUs; new-file page-cache writes "
           f"{pc or 0:.2f} GB/s; JSON: {dest.relative_to(ROOT)}")
-    if failed is not None:
-        if isinstance(failed, KeyboardInterrupt):
-            return 130
-        print(out["error"], file=sys.stderr)
-        return 1
-    return 0
+    return h.exit_code(failed, out.get("error", ""))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import signal
 import socket
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +31,16 @@ NCPU = os.cpu_count() or 1
 
 
 # ---------------------------------------------------------------- processes and CPU time
+
+def exit_code(failed: BaseException | None, error: str) -> int:
+    """Return a benchmark's exit status: 0, 130 after Ctrl-C, else 1 (saying the error)."""
+    if failed is None:
+        return 0
+    if isinstance(failed, KeyboardInterrupt):
+        return 130
+    print(error, file=sys.stderr)
+    return 1
+
 
 def free_port() -> int:
     """Return a TCP port on 127.0.0.1 that is free right now."""

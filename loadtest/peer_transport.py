@@ -416,12 +416,7 @@ def main() -> int:
           f"{out.get('origin_gets_during_runs')}; wall {out['meta']['wall_seconds']} s; "
           f"pinned: {'node CPU 0, client CPU 1' if pin else 'no'}; "
           f"JSON: {dest.relative_to(ROOT)}")
-    if failed is not None:
-        if isinstance(failed, KeyboardInterrupt):
-            return 130
-        print(out["error"], file=sys.stderr)
-        return 1
-    return 0
+    return h.exit_code(failed, out.get("error", ""))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,15 +12,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from tests.servers import free_port
+from tests.servers import ChildProcess, free_port
 
 CACHECOORDINATOR = str(Path(sys.executable).parent / "cachecoordinator")
 FAST = ("--lease-ttl", "3s", "--retry-base", "0.5s", "--reconcile-interval", "0.5s",
         "--node-timeout", "20s")
 
 
-class CoordinatorProcess:
+class CoordinatorProcess(ChildProcess):
     """A coordinator replica in its own process on a free loopback port."""
+
+    name = "cachecoordinator"
 
     def __init__(self, log_dir: Path, origin_env: Mapping[str, str], etcd: str, cluster: str,
                  replica_id: str, *args: str) -> None:
@@ -99,21 +100,3 @@ class CoordinatorProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job {job_id} still {job['state']}: {job}")
             time.sleep(0.2)
-
-    def kill9(self) -> None:
-        """Kill the process with SIGKILL and reap it."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop with SIGTERM (hands leadership over), killing it if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise RuntimeError("cachecoordinator did not stop on SIGTERM") from None

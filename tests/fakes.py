@@ -11,6 +11,11 @@ from cachenode.blocks import ObjectMeta
 from cachenode.errors import CacheError, ObjectChanged, OriginNotFound, OriginUnavailable
 
 
+def blob(size: int, seed: int = 1) -> bytes:
+    """Return `size` deterministic bytes that differ per seed."""
+    return bytes((seed * 7 + i * 31 + (i >> 8)) % 256 for i in range(size))
+
+
 class FakeOrigin:
     """A dict of objects behaving like the S3 origin, counting every call."""
 

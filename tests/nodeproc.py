@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -15,13 +14,15 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import free_port
+from tests.servers import ChildProcess, free_port
 
 CACHENODE = str(Path(sys.executable).parent / "cachenode")
 
 
-class NodeProcess:
+class NodeProcess(ChildProcess):
     """A cache node in its own process, on free loopback ports."""
+
+    name = "cachenode"
 
     def __init__(self, data_dir: Path, origin_env: Mapping[str, str], *args: str) -> None:
         self.data_dir, self.origin_env, self.args = Path(data_dir), dict(origin_env), list(args)
@@ -97,24 +98,6 @@ class NodeProcess:
         status, _, body = self.get("/ring", timeout_s=5.0)
         assert status == 200, body
         return json.loads(body)  # type: ignore[no-any-return]
-
-    def kill9(self) -> None:
-        """Kill the process with SIGKILL and reap it."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Stop the process with SIGTERM (graceful), killing it if it hangs."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise RuntimeError("cachenode did not stop on SIGTERM")
 
     def blocks_on_disk(self) -> int:
         """Return the bytes of block files under the data dir."""

@@ -80,6 +80,31 @@ def spawn(command: list[str], cwd: Path, env: dict[str, str],
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
+class ChildProcess:
+    """A project process the tests run (a node, a coordinator): kill -9 it, or stop it."""
+
+    name = "process"
+    proc: subprocess.Popen[bytes] | None = None
+
+    def kill9(self) -> None:
+        """Kill the process with SIGKILL and reap it."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Stop the process with SIGTERM (graceful), killing it if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise RuntimeError(f"{self.name} did not stop on SIGTERM") from None
+
+
 def weed_binary() -> str:
     """Return the path of the `weed` binary installed next to this Python, else on PATH."""
     here = Path(sys.executable).parent / "weed"

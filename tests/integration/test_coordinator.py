@@ -23,14 +23,6 @@ BS = 4 * MiB
 CACHECTL = str(Path(sys.executable).parent / "cachectl")
 
 
-@pytest.fixture
-def group(tmp_path: Path, proxy, s3, etcd) -> Iterator[LocalGroup]:  # type: ignore[no-untyped-def]
-    """Three nodes of site s1 whose origin is the counting proxy in front of SeaweedFS."""
-    env = {**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint_url}
-    with LocalGroup(tmp_path / "nodes", env, etcd.endpoint, 3, "--capacity", "1GiB") as g:
-        yield g
-
-
 def coordinator(tmp_path: Path, s3, etcd, group: LocalGroup, replica: str,  # type: ignore[no-untyped-def]
                 *args: str) -> CoordinatorProcess:
     """Start a coordinator replica for the group's cluster (it lists SeaweedFS directly)."""

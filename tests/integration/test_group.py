@@ -29,14 +29,6 @@ BS = 4 * MiB
 CACHECTL = str(Path(sys.executable).parent / "cachectl")
 
 
-@pytest.fixture
-def group(tmp_path: Path, proxy, s3, etcd) -> Iterator[LocalGroup]:  # type: ignore[no-untyped-def]
-    """Three nodes of one site whose origin is the counting proxy in front of SeaweedFS."""
-    env = {**s3.env(), "AWS_ENDPOINT_URL": proxy.endpoint_url}
-    with LocalGroup(tmp_path, env, etcd.endpoint, 3, "--capacity", "2GiB") as g:
-        yield g
-
-
 def put(s3, bucket: str, key: str, size: int, seed: int = 1) -> bytes:  # type: ignore[no-untyped-def]
     data = pattern(size, seed)
     s3.put_object(bucket, key, data)

@@ -19,14 +19,10 @@ from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.singleflight import FlightCancelled
 from cachenode.store.disk import DiskStore, OpenBlock
-from tests.fakes import FakeOrigin, down
+from tests.fakes import FakeOrigin, blob, down
 from tests.fdcheck import open_fds, settle_fds
 
 BS = 64 * 1024  # the smallest block size NodeConfig allows
-
-
-def blob(size: int, seed: int = 1) -> bytes:
-    return bytes((seed * 7 + i * 31 + (i >> 8)) % 256 for i in range(size))
 
 
 class Env:

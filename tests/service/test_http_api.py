@@ -18,15 +18,11 @@ from yarl import URL
 
 from cachenode.config import NodeConfig
 from cachenode.node import CacheNode
-from tests.fakes import FakeOrigin, down
+from tests.fakes import FakeOrigin, blob, down
 from tests.fdcheck import open_fds, settle_fds
 
 BS = 64 * 1024
 LAST_MODIFIED = 1_700_000_000.0  # what FakeOrigin reports
-
-
-def blob(size: int, seed: int = 1) -> bytes:
-    return bytes((seed * 7 + i * 31 + (i >> 8)) % 256 for i in range(size))
 
 
 @dataclass

@@ -17,14 +17,10 @@ from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.service import MAX_KEY_BYTES, BlockService, FileChunk, validate_name
 from cachenode.store.disk import DiskStore
-from tests.fakes import FakeOrigin, down
+from tests.fakes import FakeOrigin, blob, down
 from tests.fdcheck import open_fds, settle_fds
 
 BS = 64 * 1024
-
-
-def blob(size: int, seed: int = 1) -> bytes:
-    return bytes((seed * 7 + i * 31 + (i >> 8)) % 256 for i in range(size))
 
 
 def other_tasks() -> set[asyncio.Task[object]]:

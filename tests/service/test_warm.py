@@ -23,13 +23,9 @@ from cachenode.config import NodeConfig
 from cachenode.errors import StoreFull
 from cachenode.node import CacheNode
 from cachenode.warm import MAX_WARM_BLOCKS, Admin
-from tests.fakes import FakeOrigin
+from tests.fakes import FakeOrigin, blob
 
 BS = 64 * 1024
-
-
-def blob(size: int, seed: int = 1) -> bytes:
-    return bytes((seed * 7 + i * 31 + (i >> 8)) % 256 for i in range(size))
 
 
 @dataclass
