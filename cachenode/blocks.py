@@ -41,7 +41,8 @@ class BlockRef:
     @property
     def block_id(self) -> str:
         """Return the block's stable id."""
-        return block_id(self.obj.bucket, self.obj.key, self.obj.etag, self.index, self.block_size)
+        o = self.obj
+        return block_id(o.bucket, o.key, o.etag, o.size, self.index, self.block_size)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +54,14 @@ class BlockSlice:
     length: int
 
 
-def block_id(bucket: str, key: str, etag: str, index: int, block_size: int) -> str:
-    """Return the hex id of a block: a hash of the object identity, index and block size."""
+def block_id(bucket: str, key: str, etag: str, size: int, index: int, block_size: int) -> str:
+    """Return the hex id of a block: a hash of everything that decides its bytes.
+
+    The object size is part of it: a block's length follows from the size, so two
+    requests that disagree about the size can never share (or poison) one block.
+    """
     h = hashlib.blake2b(digest_size=16)
-    for part in (bucket, key, etag, str(index), str(block_size)):
+    for part in (bucket, key, etag, str(size), str(index), str(block_size)):
         h.update(part.encode("utf-8", "surrogatepass"))
         h.update(b"\x00")
     return h.hexdigest()

@@ -6,11 +6,11 @@ import asyncio
 import logging
 import os
 import time
-import zlib
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
 from cachenode.blocks import BlockRef
+from cachenode.checksum import crc32c
 from cachenode.config import NodeConfig
 from cachenode.errors import (
     CacheError,
@@ -58,9 +58,9 @@ class Filler:
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
-    def stored(self, ref: BlockRef) -> OpenBlock | None:
-        """Return the block's file if it is on disk now, else None."""
-        return self._store.open_block(ref.block_id, ref.length)
+    async def open_stored(self, ref: BlockRef) -> OpenBlock | None:
+        """Return the block's file if it is on disk now and passes its checksum, else None."""
+        return await self._store.open_checked(ref.block_id, ref.length)
 
     async def read_stored_bytes(self, ref: BlockRef) -> bytes | None:
         """Return a stored block's checked bytes, or None if absent (or corrupt: dropped)."""
@@ -72,7 +72,7 @@ class Filler:
         ob = self._store.open_block(ref.block_id, ref.length)
         if ob is None:
             return None
-        crc = ob.crc32
+        crc = ob.crc32c
         data = await self._read_checked(ob)
         if data is None:
             self._store.delete(ref.block_id)
@@ -82,7 +82,7 @@ class Filler:
     async def read_block(self, ref: BlockRef) -> OpenBlock | bytes:
         """Return the block as an open file (hit; caller closes it) or as bytes (miss)."""
         bid = ref.block_id
-        ob = self._store.open_block(bid, ref.length)
+        ob = await self._store.open_checked(bid, ref.length)
         if ob is not None:
             self._metrics.hits.inc()
             return ob
@@ -139,7 +139,11 @@ class Filler:
         False if it was stored but corrupt or short (it is dropped)."""
         if not self._store.has(ref.block_id, ref.length):
             return None
-        return await self.read_stored_checked(ref) is not None  # a bad one is dropped
+        ob = await self._store.open_checked(ref.block_id, ref.length)  # a bad one is dropped
+        if ob is None:
+            return False
+        ob.close()
+        return True
 
     async def read_block_bytes(self, ref: BlockRef) -> bytes:
         """Return the whole block as bytes, checking the checksum of a disk hit."""
@@ -159,7 +163,7 @@ class Filler:
                 None, os.pread, ob.fd, ob.size, 0)
         finally:
             ob.close()
-        if len(data) == ob.size and zlib.crc32(data) == ob.crc32:
+        if len(data) == ob.size and crc32c(data) == ob.crc32c:
             return data
         log.warning("block %s failed its checksum; dropping it", ob.block_id)
         self._metrics.corrupt_blocks.inc()

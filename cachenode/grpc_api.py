@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import zlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
 
 from cachenode.blocks import BlockRef, ObjectMeta, block_count
+from cachenode.checksum import crc32c
 from cachenode.errors import (
     BadRequest,
     BlockNotCached,
@@ -116,10 +116,10 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
             if request.ring_epoch and request.ring_epoch != self._service.router.epoch:
                 self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
             data = await self._block_bytes(ref, request)
-            crc = zlib.crc32(data)
+            crc = crc32c(data)
             for i in range(0, len(data), CHUNK_BYTES):
                 yield pb.Chunk(data=data[i:i + CHUNK_BYTES], offset=ref.start + i,
-                               block_crc32=crc if i == 0 else 0)
+                               block_crc32c=crc if i == 0 else 0)
         except CacheError as e:
             await self._abort(context, "ReadBlock", e)
         self._metrics.requests.labels("grpc", "OK").inc()

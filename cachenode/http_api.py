@@ -7,7 +7,6 @@ import json
 import logging
 import time
 import urllib.parse
-import zlib
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
@@ -16,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachenode.blocks import ObjectMeta
+from cachenode.checksum import crc32c
 from cachenode.errors import (
     BadRequest,
     BlockNotCached,
@@ -126,6 +126,25 @@ def _small_int(text: str | None, limit: int = 16) -> int:
     """Return a non-negative header integer capped at `limit` (0 if absent or not one)."""
     ok = text is not None and text.isascii() and text.isdigit() and len(text) < 20
     return min(int(text), limit) if ok else 0  # type: ignore[arg-type]
+
+
+def _check_one_block(rng: str | None, meta: ObjectMeta, block_size: int) -> None:
+    """Raise BadRequest unless `rng` names exactly one whole block of `meta`.
+
+    A peer's pin (If-Match + X-Blockcache-Size) is trusted without a HEAD only for what
+    peers ask: one whole block. Anything else (no Range, a size with no blocks, a span
+    across blocks) is no peer request.
+    """
+    span = None
+    if rng is not None and meta.size > 0:
+        try:
+            span = parse_range(rng, meta.size)
+        except (MalformedRange, RangeNotSatisfiable):
+            span = None
+    if span is None or span.start % block_size or span.length != min(
+            block_size, meta.size - span.start):
+        raise BadRequest(f"a forwarded read must name one whole block of the pinned version "
+                         f"({SIZE}: {meta.size}, Range: {(rng or '')[:80]!r})")
 
 
 def _abort(request: web.Request) -> None:
@@ -267,9 +286,9 @@ class HttpApi:
             if (isinstance(first, FileChunk) and first.offset == 0
                     and first.length == first.block.size == length):
                 # One whole stored block: its recorded crc32 lets a client check the bytes.
-                headers[CRC] = str(first.block.crc32)
+                headers[CRC] = str(first.block.crc32c)
             elif hops and isinstance(first, MemChunk) and len(first.data) == length:
-                crc = first.crc32 if first.crc32 is not None else zlib.crc32(first.data)
+                crc = first.crc32c if first.crc32c is not None else crc32c(first.data)
                 headers[CRC] = str(crc)  # a peer checks every block
             try:
                 resp = web.StreamResponse(status=status, headers=headers)
@@ -316,9 +335,10 @@ class HttpApi:
         size = request.headers.get(SIZE, "")
         trusted = None
         if hops and want not in ("", "*") and size.isdigit() and len(size) < 20:
+            validate_name(bucket, key)
             trusted = ObjectMeta(bucket, key, int(size), want)
+            _check_one_block(request.headers.get("Range"), trusted, self._service.block_size)
             if cached_only:
-                validate_name(bucket, key)
                 return trusted
         return await self._service.pinned(bucket, key, want, trusted)
 

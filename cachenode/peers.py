@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 
 import grpc
 
 from cachenode.blocks import BlockRef
+from cachenode.checksum import crc32c
 from cachenode.errors import CacheError, PeerUnavailable, remote_error
 from cachenode.metrics import NodeMetrics
 from cachenode.pb import blockcache_pb2 as pb
@@ -78,10 +78,10 @@ class PeerClient:
                 if chunk.offset != ref.start + got or got + len(chunk.data) > ref.length:
                     raise self._failed(addr, "sent bytes out of order or past the block")
                 if want_crc is None:
-                    want_crc = chunk.block_crc32
+                    want_crc = chunk.block_crc32c
                 parts.append(chunk.data)
                 got += len(chunk.data)
-                crc = zlib.crc32(chunk.data, crc)
+                crc = crc32c(chunk.data, crc)
         except asyncio.CancelledError:
             current = asyncio.current_task()
             if current is not None and current.cancelling():

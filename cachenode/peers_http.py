@@ -14,11 +14,12 @@ import asyncio
 import logging
 import time
 import urllib.parse
-import zlib
 
 import aiohttp
 
+from cachenode import checksum
 from cachenode.blocks import BlockRef
+from cachenode.checksum import crc32c
 from cachenode.errors import CacheError, ObjectChanged, PeerUnavailable, remote_error
 from cachenode.metrics import NodeMetrics
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 HOPS = "X-Blockcache-Hops"
 EPOCH = "X-Blockcache-Epoch"
 CACHED_ONLY = "X-Blockcache-Cached-Only"
-CRC = "X-Blockcache-Crc32"
+CRC = checksum.HEADER  # CRC-32C of the whole block, as recorded when it was filled
 SIZE = "X-Blockcache-Size"  # with If-Match: the pinned version's size, so no HEAD is needed
 ERROR = "X-Blockcache-Error"
 REASON = "X-Blockcache-Reason"
@@ -111,7 +112,7 @@ class HttpPeerClient:
             raise self._failed(addr, "request cancelled") from None
         if len(data) != ref.length or crc is None:
             raise self._failed(addr, f"block {ref.block_id} arrived short or without its crc32")
-        if zlib.crc32(data) != int(crc):  # that block is bad, not the peer: ask the next one
+        if crc32c(data) != int(crc):  # that block is bad, not the peer: ask the next one
             self._metrics.peer_errors.inc()
             log.warning("peer %s sent block %s failing its crc32", addr, ref.block_id)
             raise PeerUnavailable(addr, f"block {ref.block_id} failed its crc32")

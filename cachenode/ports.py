@@ -38,6 +38,10 @@ class BlockStore(Protocol):
         """Open a committed block of `expected_size` bytes, or return None on a miss."""
         ...
 
+    async def open_checked(self, block_id: str, size: int) -> OpenBlock | None:
+        """Open a committed block whose bytes pass their checksum, or return None (a miss)."""
+        ...
+
     async def put(self, ref: BlockRef, data: bytes) -> None:
         """Store a complete block (visible only once complete)."""
         ...

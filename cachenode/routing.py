@@ -74,7 +74,7 @@ class Fetched:
 
     data: bytes
     source: str
-    crc32: int | None = None  # known when read back from disk and checked
+    crc32c: int | None = None  # of `data`, when already known
 
 
 class Router:
@@ -146,16 +146,10 @@ class Router:
         `hops` > 0: another node forwarded the read; serve it here (disk, else origin).
         `cached_only`: a handoff question; answer from disk or raise BlockNotCached.
         """
-        if hops:  # for a peer: read and check the block here, so a bad one is dropped now
-            checked = await self.filler.read_stored_checked(ref)
-            if checked is not None:
-                self._metrics.hits.inc()
-                return Fetched(checked[0], "disk", checked[1])
-        else:
-            ob = self.filler.stored(ref)
-            if ob is not None:
-                self._metrics.hits.inc()
-                return ob
+        ob = await self.filler.open_stored(ref)  # checked: a bad copy is dropped, a miss
+        if ob is not None:
+            self._metrics.hits.inc()
+            return ob
         if cached_only:
             raise BlockNotCached(ref.block_id)
         owners = self.owners(ref) if hops == 0 else []

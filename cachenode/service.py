@@ -51,7 +51,7 @@ class MemChunk:
 
     data: memoryview
     source: str
-    crc32: int | None = None  # of `data`, when already known
+    crc32c: int | None = None  # of `data`, when already known
 
 
 Chunk = FileChunk | MemChunk
@@ -184,13 +184,13 @@ class BlockService:
                 pending.popleft()
                 if isinstance(got, Fetched) and got.source == "origin":
                     # Filled a while ago (read-ahead)? Send the file, let the bytes go.
-                    got = self.filler.stored(s.ref) or got
+                    got = await self.filler.open_stored(s.ref) or got
                 if isinstance(got, OpenBlock):
                     yield FileChunk(got, s.offset, s.length)
                 else:
                     whole = s.offset == 0 and s.length == len(got.data)
                     yield MemChunk(memoryview(got.data)[s.offset:s.offset + s.length],
-                                   got.source, got.crc32 if whole else None)
+                                   got.source, got.crc32c if whole else None)
         finally:
             for _, fut in pending:
                 _discard(fut)

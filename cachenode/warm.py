@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cachenode.blocks import BlockRef, ObjectMeta, block_count
-from cachenode.errors import BadRequest, CacheError, DiskUnavailable
+from cachenode.errors import BadRequest, CacheError, DiskUnavailable, ObjectChanged
 from cachenode.metrics import NodeMetrics
 from cachenode.service import MAX_KEY_BYTES, BlockService, validate_name
 from cachenode.store.disk import DiskStore
@@ -152,7 +152,7 @@ class Admin:
     async def warm_json(self, body: bytes) -> dict[str, Any]:
         """Answer a POST /_warm body (see parse_warm) with one result per block."""
         req = parse_warm(parse_json(body), self._filler.block_size)
-        results = await self.warm(req.refs, req.verify)
+        results = await self.warm(await self.own_versions(req.refs), req.verify)
         failed = [r for r in results if r.status == "failed"]
         if failed:
             log.warning("warm: %d of %d blocks failed (first: s3://%s/%s block %d: %s)",
@@ -167,11 +167,48 @@ class Admin:
         log.info("evicted %d blocks (%d bytes) under s3://%s/%s", blocks, nbytes, bucket, prefix)
         return {"node": self.node_id, "blocks": blocks, "bytes": nbytes}
 
-    async def warm(self, refs: list[BlockRef], verify: bool = False) -> list[WarmResult]:
+    async def own_versions(self, refs: list[BlockRef]) -> list[BlockRef | WarmResult]:
+        """Return each block as this node's own metadata names it, or its failed result.
+
+        A block's length follows from its object's size, so a fill never takes the size
+        from a request: each object with a block missing here is looked up (metadata
+        cache, else one HEAD), and a request whose size disagrees with the origin's for
+        that ETag is refused. (A stored block needs no lookup: its id covers the size.)
+        """
+        gate = asyncio.Semaphore(WARM_CONCURRENCY)
+        asked = {r.obj for r in refs if not self._store.has(r.block_id, r.length)}
+
+        async def own(meta: ObjectMeta) -> ObjectMeta | CacheError:
+            async with gate:
+                try:
+                    return await self._service.pinned(meta.bucket, meta.key, meta.etag)
+                except CacheError as e:
+                    return e
+
+        found = dict(zip(asked, await asyncio.gather(*(own(m) for m in asked)), strict=True))
+        out: list[BlockRef | WarmResult] = []
+        for r in refs:
+            got = found.get(r.obj, r.obj)
+            if isinstance(got, CacheError):
+                name = "ObjectChanged" if isinstance(got, ObjectChanged) else type(got).__name__
+                out.append(WarmResult(r, "failed", error=name, reason=str(got)))
+                continue
+            if got.size != r.obj.size:
+                raise BadRequest(f"s3://{r.obj.bucket}/{r.obj.key} has {got.size} bytes at ETag "
+                                 f"{r.obj.etag}, not {r.obj.size}: a warm request cannot set "
+                                 "a block's length")
+            out.append(BlockRef(got, r.index, r.block_size))
+        return out
+
+    async def warm(self, refs: list[BlockRef | WarmResult], verify: bool = False
+                   ) -> list[WarmResult]:
         """Warm blocks, WARM_CONCURRENCY at a time; return their results in order."""
         gate = asyncio.Semaphore(WARM_CONCURRENCY)
 
-        async def one(ref: BlockRef) -> WarmResult:
+        async def one(ref: BlockRef | WarmResult) -> WarmResult:
+            if isinstance(ref, WarmResult):
+                self._metrics.warm_blocks.labels(ref.status).inc()
+                return ref
             async with gate:
                 return await self.warm_block(ref, verify)
 

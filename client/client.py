@@ -14,7 +14,6 @@ import json
 import logging
 import time
 import urllib.parse
-import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from typing import TypeVar
 import aiohttp
 
 from cachenode.blocks import block_id
+from cachenode.checksum import HEADER as CRC
+from cachenode.checksum import crc32c
 from cachenode.ring import Ring
 from client.errors import ClientError, NotFound, ObjectChanged, Unavailable
 from client.membership import GroupView, Member, base_url, from_etcd, from_seeds
@@ -138,7 +139,7 @@ class CacheClient:
     def owners(self, info: ObjectInfo, index: int) -> list[Member]:
         """Return the nodes to ask for a block: owners first, then every other member."""
         assert self.view is not None
-        ids = self._ring.owners(block_id(info.bucket, info.key, info.etag, index,
+        ids = self._ring.owners(block_id(info.bucket, info.key, info.etag, info.size, index,
                                          self.view.block_size), OWNERS_TRIED) if self._ring else []
         rest = sorted(set(self.view.members) - set(ids))
         members = [self.view.members[i] for i in ids + rest]
@@ -232,10 +233,10 @@ class CacheClient:
                         if span and len(body) != span[1] - span[0]:
                             raise aiohttp.ClientPayloadError(
                                 f"{len(body)} of {span[1] - span[0]} bytes")
-                        crc = r.headers.get("X-Blockcache-Crc32")
-                        if crc is not None and zlib.crc32(body) != int(crc):
+                        crc = r.headers.get(CRC)
+                        if crc is not None and crc32c(body) != int(crc):
                             self.corrupt += 1
-                            raise aiohttp.ClientPayloadError("block failed its crc32")
+                            raise aiohttp.ClientPayloadError("block failed its CRC-32C")
                         return r.headers, body
                     text = await r.text() or r.headers.get("X-Blockcache-Reason", "")
             except (aiohttp.ClientError, OSError, TimeoutError) as e:

@@ -34,7 +34,7 @@ def block_tasks(manifest: Iterable[ObjectMeta], block_size: int) -> list[BlockTa
     for o in manifest:
         for i in range(block_count(o.size, block_size)):
             tasks.append(BlockTask(o, i, min(block_size, o.size - i * block_size),
-                                   block_id(o.bucket, o.key, o.etag, i, block_size)))
+                                   block_id(o.bucket, o.key, o.etag, o.size, i, block_size)))
     return tasks
 
 

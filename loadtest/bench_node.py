@@ -197,7 +197,7 @@ def part_hit(b: Bench) -> None:
     etag = hdrs["etag"]
     files = []
     for i in range(16):
-        bid = block_id(BUCKET, key, etag, i, BLOCK)
+        bid = block_id(BUCKET, key, etag, size, i, BLOCK)
         p = node.data_dir / "blocks" / bid[:2] / bid[2:4] / bid
         assert p.is_file() and p.stat().st_size == BLOCK, f"block file {p} missing"
         files.append(p.relative_to(node.data_dir / "blocks"))

@@ -15,7 +15,7 @@ process, playing the requesting node, fetches whole blocks from it with
   http        aiohttp range GET of the block (node: sendfile from the block file), body read
               whole into memory, as a peer would (a pool of as many connections as in flight)
   http_crc    the same plus crc32 of the body on the client, checked against the crc32 the node
-              recorded for the block (X-Blockcache-Crc32, as CacheClient does): the check grpc
+              recorded for the block (X-Blockcache-Crc32c, as CacheClient does): the check grpc
               makes on receipt
 
 at 1, 4 and 16 blocks in flight. Rounds alternate the transports' order (median of 3 rounds by
@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp
 
 from cachenode.blocks import BlockRef, ObjectMeta
+from cachenode.checksum import crc32c
 from cachenode.metrics import NodeMetrics
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.peers import PeerClient
@@ -143,7 +144,7 @@ class Fetchers:
                                                        "If-Match": self.meta.etag}) as r:
             if r.status != 206:
                 raise RuntimeError(f"HTTP {r.status} for block {i}")
-            return await r.read(), r.headers.get("X-Blockcache-Crc32")
+            return await r.read(), r.headers.get("X-Blockcache-Crc32c")
 
     async def http(self, i: int) -> bytes:
         data, _ = await self._http(i)
@@ -151,13 +152,14 @@ class Fetchers:
         return data
 
     async def http_crc(self, i: int) -> bytes:
-        """Check the body against the crc32 the node recorded (X-Blockcache-Crc32), as
+        """Check the body against the CRC-32C the node recorded (X-Blockcache-Crc32c), as
         CacheClient does, else against the uploaded bytes' crc32."""
         data, header = await self._http(i)
         if header is None:
             self.no_crc_header += 1
-        want = int(header) if header is not None else self.crcs[i]
-        if zlib.crc32(data) != want:
+        if header is not None and crc32c(data) != int(header):
+            self.bad += 1
+        if header is None and zlib.crc32(data) != self.crcs[i]:
             self.bad += 1
         self._check(i, data, crc=False)
         return data

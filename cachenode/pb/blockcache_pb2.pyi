@@ -64,13 +64,13 @@ class ReadBlockRequest(_message.Message):
     def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ..., etag: _Optional[str] = ..., object_size: _Optional[int] = ..., index: _Optional[int] = ..., hops: _Optional[int] = ..., ring_epoch: _Optional[int] = ..., cached_only: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("data", "offset", "info", "block_crc32")
+    __slots__ = ("data", "offset", "info", "block_crc32c")
     DATA_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
-    BLOCK_CRC32_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_CRC32C_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     offset: int
     info: ObjectInfo
-    block_crc32: int
-    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., info: _Optional[_Union[ObjectInfo, _Mapping]] = ..., block_crc32: _Optional[int] = ...) -> None: ...
+    block_crc32c: int
+    def __init__(self, data: _Optional[bytes] = ..., offset: _Optional[int] = ..., info: _Optional[_Union[ObjectInfo, _Mapping]] = ..., block_crc32c: _Optional[int] = ...) -> None: ...

@@ -9,12 +9,12 @@ import logging
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from cachenode.blocks import BlockRef
+from cachenode.checksum import crc32c, file_crc32c
 from cachenode.errors import CacheError, DiskUnavailable, Overloaded, StoreFull
 from cachenode.metrics import NodeMetrics
 from cachenode.store.eviction import LruPolicy
@@ -41,7 +41,7 @@ class OpenBlock:
     block_id: str
     fd: int
     size: int
-    crc32: int
+    crc32c: int
     source: str = "disk"  # "origin" when this read filled the block just now
 
     def close(self) -> None:
@@ -90,7 +90,7 @@ class DiskStore:
             raise DataDirInUse(self.root) from None
         shutil.rmtree(self._tmp, ignore_errors=True)  # unfinished fills are never served
         self._tmp.mkdir(parents=True)
-        self._index = BlockIndex(self.root / "index")
+        self._index = self._open_index()
         entries, dropped = [], 0
         for e in self._index.entries():
             try:
@@ -112,6 +112,19 @@ class DiskStore:
                  strays)
         self._shrink_to(self.capacity)
         self._update_gauges()
+
+    def _open_index(self) -> BlockIndex:
+        """Open the index; one of an older format names blocks no reader asks for: start anew."""
+        index = BlockIndex(self.root / "index")
+        if index.format_is_current():
+            return index
+        index.close()
+        log.warning("block store %s: index of an older format (block ids or checksums changed); "
+                    "starting with an empty store", self.root)
+        shutil.rmtree(self.root / "index")
+        index = BlockIndex(self.root / "index")
+        index.format_is_current()  # marks the new, empty index
+        return index
 
     def close(self) -> None:
         """Close the index."""
@@ -181,9 +194,38 @@ class DiskStore:
         self._lru.touch(block_id)
         now = time.time()
         if now - e.atime > ATIME_PERSIST_S:
-            self._index_put(IndexEntry(e.block_id, e.size, e.crc32, now, e.bucket, e.key,
+            self._index_put(IndexEntry(e.block_id, e.size, e.crc32c, now, e.bucket, e.key,
                                        e.etag, e.index))
-        return OpenBlock(block_id, fd, e.size, e.crc32)
+        return OpenBlock(block_id, fd, e.size, e.crc32c)
+
+    async def open_checked(self, block_id: str, size: int) -> OpenBlock | None:
+        """Open a committed block whose bytes pass their recorded checksum, or return None.
+
+        The file is checksummed in a worker thread just before it is handed out, so what is
+        then sent (sendfile reads the same page-cache pages) is what was stored. A block
+        that fails is dropped and counted as corrupt: the caller treats it as a miss.
+        """
+        ob = self.open_block(block_id, size)
+        if ob is None:
+            return None
+        try:
+            got = await asyncio.get_running_loop().run_in_executor(
+                None, file_crc32c, ob.fd, ob.size)
+        except OSError as err:
+            ob.close()
+            self._os_error(f"read {block_id}", err)
+            return None
+        except BaseException:
+            ob.close()
+            raise
+        if got == ob.crc32c:
+            return ob
+        ob.close()
+        e = self.entry(block_id)
+        if e is not None:
+            self._drop(e, "bytes fail their recorded CRC-32C" if got is not None
+                       else "file shorter than recorded")
+        return None
 
     async def put(self, ref: BlockRef, data: bytes) -> None:
         """Store a filled block: reserve space, write a temp file, rename, then index it."""
@@ -211,7 +253,7 @@ class DiskStore:
         self._update_gauges()
 
     def _write_file(self, tmp: Path, final: Path, data: bytes) -> int:
-        crc = zlib.crc32(data)
+        crc = crc32c(data)
         with open(tmp, "wb") as f:
             f.write(data)
             if self._fsync:

@@ -12,6 +12,9 @@ from rocksdict import Options, Rdict, WriteBatch
 
 _BLOCK = b"b/"  # b/<block id> -> entry
 _OBJECT = b"o/"  # o/<bucket>\0<key>\0<etag>\0<index> -> block id (scan by object prefix)
+_FORMAT = b"m/format"  # what block ids and checksums mean; see FORMAT
+# 2: block ids cover the object size, checksums are CRC-32C (1: neither, zlib CRC-32).
+FORMAT = b"2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +23,7 @@ class IndexEntry:
 
     block_id: str
     size: int
-    crc32: int
+    crc32c: int
     atime: float
     bucket: str
     key: str
@@ -46,6 +49,14 @@ class BlockIndex:
         """Flush and close the database."""
         self._db.close()
 
+    def format_is_current(self) -> bool:
+        """Return whether the index was written in FORMAT, marking an empty index as such."""
+        found = self._db.get(_FORMAT)
+        if found is None and next(iter(self._db.keys()), None) is None:
+            self._db.put(_FORMAT, FORMAT)
+            return True
+        return found == FORMAT
+
     def get(self, block_id: str) -> IndexEntry | None:
         """Return the entry of `block_id`, or None."""
         raw = self._db.get(_BLOCK + block_id.encode())
@@ -55,7 +66,7 @@ class BlockIndex:
         """Record a block (both the block and the object-prefix keys, in one batch)."""
         wb = WriteBatch(raw_mode=True)
         wb.put(_BLOCK + e.block_id.encode(), msgpack.packb(
-            [e.size, e.crc32, e.atime, e.bucket, e.key, e.etag, e.index]))
+            [e.size, e.crc32c, e.atime, e.bucket, e.key, e.etag, e.index]))
         wb.put(e.object_key(), e.block_id.encode())
         self._db.write(wb)
 

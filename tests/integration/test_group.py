@@ -153,7 +153,7 @@ def test_a_fourth_node_takes_about_a_quarter_by_handoff(group: LocalGroup, s3, b
     assert group.nodes[0].get(f"/{bucket}/warm.bin")[2] == data
     assert range_gets(proxy, bucket, "warm.bin") == 50
     etag = group.nodes[0].get(f"/{bucket}/warm.bin", method="HEAD")[1]["etag"]
-    ids = [block_id(bucket, "warm.bin", etag, i, BS) for i in range(50)]
+    ids = [block_id(bucket, "warm.bin", etag, len(data), i, BS) for i in range(50)]
     before = Ring({"n0": 100, "n1": 100, "n2": 100})
     after = Ring({"n0": 100, "n1": 100, "n2": 100, "n3": 100})
     moved = [b for b in ids if after.owner(b) == "n3"]
@@ -284,7 +284,7 @@ def test_client_checks_block_crc_and_fails_over_from_a_corrupt_disk(group: Local
 
     assert asyncio.run(read()) == (data, 0)
     etag = group.nodes[0].get(f"/{bucket}/c.bin", method="HEAD")[1]["etag"]
-    bid = block_id(bucket, "c.bin", etag, 0, BS)
+    bid = block_id(bucket, "c.bin", etag, len(data), 0, BS)
     files = [f for n in group.nodes for f in (n.data_dir / "blocks").rglob(bid)]
     assert len(files) == 1  # stored once, on its owner
     with open(files[0], "r+b") as f:  # bit rot: same size, other bytes

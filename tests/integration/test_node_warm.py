@@ -88,7 +88,7 @@ def test_warm_then_read_without_origin_then_evict(node: NodeProcess, proxy: Coun
     assert node.metric("blockcache_block_hits_total") >= 4
 
     # verify: a block damaged on disk is found, dropped and filled again (If-Match holds).
-    bid = block_id(bucket, "m/v1/model.bin", v1["etag"], 2, BS)
+    bid = block_id(bucket, "m/v1/model.bin", v1["etag"], v1["size"], 2, BS)
     path = node.data_dir / "blocks" / bid[:2] / bid[2:4] / bid
     raw = bytearray(path.read_bytes())
     raw[7] ^= 0xFF

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +12,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from cachenode.checksum import crc32c
 from cachenode.config import NodeConfig
 from cachenode.grpc_api import CHUNK_BYTES
 from cachenode.node import CacheNode
@@ -148,8 +148,8 @@ async def test_read_block_with_crc(node: Node) -> None:
         for _ in range(2):  # cold, then warm
             chunks = [c async for c in node.stub.ReadBlock(req, timeout=10)]
             assert joined(chunks, index * BS) == block
-            assert chunks[0].block_crc32 == zlib.crc32(block)
-            assert all(c.block_crc32 == 0 for c in chunks[1:])
+            assert chunks[0].block_crc32c == crc32c(block)
+            assert all(c.block_crc32c == 0 for c in chunks[1:])
     assert sum(node.origin.gets.values()) == 3
 
 

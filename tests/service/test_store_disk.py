@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from cachenode.blocks import BlockRef, ObjectMeta
+from cachenode.checksum import crc32c
 from cachenode.errors import DiskUnavailable, StoreFull
 from cachenode.metrics import NodeMetrics
 from cachenode.store.disk import DiskStore
@@ -71,7 +72,7 @@ async def test_put_then_open_round_trip(store: DiskStore, metrics: NodeMetrics) 
     assert ob is not None
     try:
         assert ob.block_id == r.block_id and ob.size == BS
-        assert ob.crc32 == zlib.crc32(data)
+        assert ob.crc32c == crc32c(data)
         assert os.pread(ob.fd, BS + 1, 0) == data
     finally:
         ob.close()

@@ -119,7 +119,8 @@ async def test_warm_fills_missing_blocks_durably_then_reports_present(
         assert node.path(meta, i).read_bytes() == data[i * BS:(i + 1) * BS]
     assert not node.stored(meta, 2)
     assert node.origin.gets == {("bkt", "m/v1/a.bin", i * BS): 1 for i in (0, 1, 3)}
-    assert not node.origin.heads  # the request names the version: no HEAD needed
+    # The fill's length comes from the node's own metadata (one HEAD), never from the request.
+    assert node.origin.heads == {("bkt", "m/v1/a.bin"): 1}
 
     results = await node.warm((meta, [0, 1, 2, 3]))
     assert [r["status"] for r in results] == ["present", "present", "filled", "present"]
@@ -235,6 +236,27 @@ async def test_oversized_warm_body_gets_413(node: Node) -> None:
     status, doc = await node.post("/_warm", b" " * (warm.MAX_BODY_BYTES + 1))
     assert status == 413 and doc["error"] == "PayloadTooLarge"
     assert str(warm.MAX_BODY_BYTES) in doc["reason"]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("wrong", [1, 5, BS + 7])
+async def test_a_warm_with_a_wrong_size_is_refused_and_readers_get_exact_bytes(
+        node: Node, wrong: int) -> None:
+    data = blob(2 * BS + 300, seed=9)
+    meta = await node.put("m/v1/p.bin", data)
+    doc = obj_doc(meta, [0])
+    doc["size"] = wrong  # the real ETag, a wrong size: it once made a short fill readers joined
+    warming = asyncio.ensure_future(node.post("/_warm", {"block_size": BS, "objects": [doc]}))
+    got = await node.read("m/v1/p.bin")
+    status, answer = await warming
+    assert got == data
+    assert status == 400 and answer["error"] == "BadRequest"
+    assert f"has {meta.size} bytes" in answer["reason"] and f"not {wrong}" in answer["reason"]
+    await node.node.filler.flush()
+    stored = [e for e in node.node.store._index.entries()]  # type: ignore[union-attr]
+    assert sorted((e.index, e.size) for e in stored) == [(0, BS), (1, BS), (2, 300)]
+    assert node.metric("blockcache_corrupt_blocks_total") == 0
+    assert await node.read("m/v1/p.bin") == data
 
 
 @pytest.mark.asyncio

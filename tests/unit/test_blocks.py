@@ -16,24 +16,27 @@ def obj(size: int, etag: str = '"e1"') -> ObjectMeta:
 
 
 def test_block_id_is_stable() -> None:
-    a = block_id("bkt", "k", '"e"', 3, BS)
-    assert a == block_id("bkt", "k", '"e"', 3, BS)
+    a = block_id("bkt", "k", '"e"', 9000, 3, BS)
+    assert a == block_id("bkt", "k", '"e"', 9000, 3, BS)
     # Pinned: the id is persisted in indexes and shared between nodes, so it must not drift.
-    assert a == "f0e0168c03af38090c0ea5f2b8f9a7cd"
+    assert a == "9d2f36af9f99f24a1bcdeda614411e0f"
 
 
 def test_block_id_is_distinct_per_component() -> None:
-    base = ("bkt", "k", '"e"', 3, BS)
+    base = ("bkt", "k", '"e"', 9000, 3, BS)
     variants = [
-        ("bkt2", "k", '"e"', 3, BS),
-        ("bkt", "k2", '"e"', 3, BS),
-        ("bkt", "k", '"f"', 3, BS),
-        ("bkt", "k", '"e"', 4, BS),
-        ("bkt", "k", '"e"', 3, 2 * BS),
+        ("bkt2", "k", '"e"', 9000, 3, BS),
+        ("bkt", "k2", '"e"', 9000, 3, BS),
+        ("bkt", "k", '"f"', 9000, 3, BS),
+        # The size decides the block's length: a wrong size must never name the same block.
+        ("bkt", "k", '"e"', 9001, 3, BS),
+        ("bkt", "k", '"e"', 9000, 4, BS),
+        ("bkt", "k", '"e"', 9000, 3, 2 * BS),
         # Field boundaries must not blur: ("ab", "c") differs from ("a", "bc").
-        ("bk", "tk", '"e"', 3, BS),
-        ("bkt", "k\"e", '"', 3, BS),
-        ("bkt", "k", '"e"3', 0, BS),
+        ("bk", "tk", '"e"', 9000, 3, BS),
+        ("bkt", "k\"e", '"', 9000, 3, BS),
+        ("bkt", "k", '"e"3', 9000, 0, BS),
+        ("bkt", "k", '"e"', 900, 3, BS),
     ]
     ids = {block_id(*base)} | {block_id(*v) for v in variants}
     assert len(ids) == len(variants) + 1
@@ -41,19 +44,21 @@ def test_block_id_is_distinct_per_component() -> None:
 
 @given(
     a=st.tuples(st.text(max_size=8), st.text(max_size=8), st.text(max_size=8),
-                st.integers(0, 10**6), st.sampled_from([64 * 1024, 4 * 2**20])),
+                st.integers(0, 2**40), st.integers(0, 10**6),
+                st.sampled_from([64 * 1024, 4 * 2**20])),
     b=st.tuples(st.text(max_size=8), st.text(max_size=8), st.text(max_size=8),
-                st.integers(0, 10**6), st.sampled_from([64 * 1024, 4 * 2**20])),
+                st.integers(0, 2**40), st.integers(0, 10**6),
+                st.sampled_from([64 * 1024, 4 * 2**20])),
 )
-def test_block_id_injective(a: tuple[str, str, str, int, int],
-                            b: tuple[str, str, str, int, int]) -> None:
+def test_block_id_injective(a: tuple[str, str, str, int, int, int],
+                            b: tuple[str, str, str, int, int, int]) -> None:
     if a != b and not any("\x00" in s for s in a[:3] + b[:3]):
         assert block_id(*a) != block_id(*b)
 
 
 def test_block_ref_id_matches_function() -> None:
     ref = BlockRef(obj(5000), 2, BS)
-    assert ref.block_id == block_id("bkt", "models/a.bin", '"e1"', 2, BS)
+    assert ref.block_id == block_id("bkt", "models/a.bin", '"e1"', 5000, 2, BS)
     assert BlockRef(obj(5000, '"e2"'), 2, BS).block_id != ref.block_id
 
 
