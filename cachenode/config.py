@@ -118,6 +118,9 @@ class NodeConfig:
         int))
     readahead_blocks: int = field(default=4, metadata=_opt(
         "--readahead", "blocks fetched ahead of the one being sent, per response", int))
+    scrub_rate_bytes: int = field(default=32 * 2**20, metadata=_opt(
+        "--scrub-rate", "bytes per second of cold blocks re-read and checked against their "
+        "CRC-32C in the background (e.g. 32MiB; 0 = no scrub)", parse_size))
     fsync: bool = field(default=False, metadata=_opt(
         "--fsync", "fsync each block before it becomes visible (survives power loss)", _bool))
     etcd_endpoints: tuple[str, ...] = field(default=(), metadata=_opt(

@@ -45,8 +45,14 @@ class NodeMetrics:
         self.evict_prefix_bytes = Counter(p + "evict_prefix_bytes",
                                           "Bytes deleted by evict-prefix requests", registry=r)
         self.corrupt_blocks = Counter(p + "corrupt_blocks",
-                                      "Blocks dropped because file and index disagreed",
+                                      "Blocks dropped because their bytes failed the recorded "
+                                      "CRC-32C, or file and index disagreed", registry=r)
+        self.scrubbed_bytes = Counter(p + "scrubbed_bytes",
+                                      "Bytes of cold blocks checked by the background scrub",
                                       registry=r)
+        self.scrub_passes = Counter(p + "scrub_passes",
+                                    "Passes of the background scrub over the whole index",
+                                    registry=r)
         self.store_bytes = Gauge(p + "store_bytes", "Bytes of blocks on local disk", registry=r)
         self.store_blocks = Gauge(p + "store_blocks", "Blocks on local disk", registry=r)
         self.capacity_bytes = Gauge(p + "store_capacity_bytes", "Configured disk capacity",

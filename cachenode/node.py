@@ -23,6 +23,7 @@ from cachenode.ports import Origin
 from cachenode.routing import Router
 from cachenode.service import BlockService
 from cachenode.store.disk import DiskStore
+from cachenode.store.scrub import Scrubber
 from cachenode.warm import Admin
 
 if TYPE_CHECKING:
@@ -89,6 +90,10 @@ class CacheNode:
                 await self._join()
             lag = asyncio.ensure_future(self._watch_loop_lag())
             self._stack.callback(lag.cancel)
+            if self.config.scrub_rate_bytes:
+                scrub = asyncio.ensure_future(
+                    Scrubber(self.store, self.metrics, self.config.scrub_rate_bytes).run())
+                self._stack.callback(scrub.cancel)
         except BaseException:
             await self._stack.aclose()
             raise

@@ -100,6 +100,10 @@ class S3Origin:
             r = await self._client.get_object(
                 Bucket=meta.bucket, Key=meta.key, IfMatch=meta.etag,
                 Range=f"bytes={start}-{start + length - 1}")
+            total = str(r.get("ContentRange", "")).rpartition("/")[2]
+            if total.isdigit() and int(total) != meta.size:  # the size decides every block
+                r["Body"].close()
+                raise ObjectChanged(meta.bucket, meta.key, meta.etag)
             async with r["Body"] as body:
                 data: bytes = await body.read()
             if len(data) != length:

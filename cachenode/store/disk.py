@@ -164,7 +164,8 @@ class DiskStore:
         self._lru.touch(block_id)
         return True
 
-    def open_block(self, block_id: str, expected_size: int | None = None) -> OpenBlock | None:
+    def open_block(self, block_id: str, expected_size: int | None = None,
+                   touch: bool = True) -> OpenBlock | None:
         """Open a committed block for reading, or return None on a miss.
 
         A block whose file is missing or whose size differs from the index (or from
@@ -191,6 +192,8 @@ class DiskStore:
             os.close(fd)
             self._drop(e, "size mismatch")
             return None
+        if not touch:  # the scrubber: a check is no use, the block stays as cold as it was
+            return OpenBlock(block_id, fd, e.size, e.crc32c)
         self._lru.touch(block_id)
         now = time.time()
         if now - e.atime > ATIME_PERSIST_S:
@@ -198,14 +201,15 @@ class DiskStore:
                                        e.etag, e.index))
         return OpenBlock(block_id, fd, e.size, e.crc32c)
 
-    async def open_checked(self, block_id: str, size: int) -> OpenBlock | None:
+    async def open_checked(self, block_id: str, size: int,
+                           touch: bool = True) -> OpenBlock | None:
         """Open a committed block whose bytes pass their recorded checksum, or return None.
 
         The file is checksummed in a worker thread just before it is handed out, so what is
         then sent (sendfile reads the same page-cache pages) is what was stored. A block
         that fails is dropped and counted as corrupt: the caller treats it as a miss.
         """
-        ob = self.open_block(block_id, size)
+        ob = self.open_block(block_id, size, touch)
         if ob is None:
             return None
         try:
@@ -293,6 +297,10 @@ class DiskStore:
         self._delete(e)
         self._update_gauges()
         return True
+
+    def entries_after(self, block_id: str, limit: int) -> list[IndexEntry]:
+        """Return up to `limit` index entries after `block_id` in id order ('' = the first)."""
+        return [] if self._index is None else self._index.entries_after(block_id, limit)
 
     def by_prefix(self, bucket: str, key_prefix: str) -> Iterator[str]:
         """Yield ids of blocks whose object key starts with `key_prefix` (an index scan)."""

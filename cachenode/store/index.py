@@ -85,6 +85,17 @@ class BlockIndex:
                 break
             yield _decode(k[len(_BLOCK):].decode(), v)
 
+    def entries_after(self, block_id: str, limit: int) -> list[IndexEntry]:
+        """Return up to `limit` entries whose ids follow `block_id` ('' = from the first)."""
+        start = _BLOCK + block_id.encode() + (b"\x00" if block_id else b"")
+        out: list[IndexEntry] = []
+        for k, v in self._db.items(from_key=start):
+            k, v = cast(bytes, k), cast(bytes, v)
+            if not k.startswith(_BLOCK) or len(out) >= limit:
+                break
+            out.append(_decode(k[len(_BLOCK):].decode(), v))
+        return out
+
     def by_prefix(self, bucket: str, key_prefix: str) -> Iterator[str]:
         """Yield ids of blocks whose object key starts with `key_prefix` (an index scan)."""
         start = _OBJECT + f"{bucket}\0{key_prefix}".encode("utf-8", "surrogatepass")

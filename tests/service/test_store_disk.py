@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -455,3 +456,39 @@ def test_a_second_process_cannot_share_the_data_dir(store: DiskStore, tmp_path: 
     with pytest.raises(DataDirInUse, match="in use by another cachenode"):
         other.open()
     assert inflight.exists()  # the running node's fill was left alone
+
+
+@pytest.mark.asyncio
+async def test_scrub_drops_cold_corrupt_blocks_at_its_rate_and_leaves_hot_ones(
+        tmp_path: Path) -> None:
+    from cachenode.store.scrub import Scrubber
+
+    metrics = NodeMetrics()
+    store = DiskStore(tmp_path, 64 * BS, metrics)
+    store.open()
+    try:
+        refs = [ref("cold.bin", i) for i in range(6)]
+        for r in refs:
+            await store.put(r, payload(r))
+        for r in refs[:4]:  # bit rot in four blocks, sizes kept
+            path = tmp_path / "blocks" / r.block_id[:2] / r.block_id[2:4] / r.block_id
+            raw = bytearray(path.read_bytes())
+            raw[7] ^= 0x40
+            path.write_bytes(bytes(raw))
+        rate = 20 * BS  # bytes/s: 6 blocks take ~0.3 s
+        scrub = Scrubber(store, metrics, rate, cold_after_s=3600)
+        assert await scrub.step() == 0  # every block was just written: hot, checked when read
+        assert store.block_count == 6
+        scrub = Scrubber(store, metrics, rate, cold_after_s=0)
+        t0 = time.monotonic()
+        done = await scrub.step()
+        elapsed = time.monotonic() - t0
+        assert done == 2 * BS  # the two good blocks were read; the four bad ones dropped
+        assert store.block_count == 2
+        assert {e.index for e in store.entries_after("", 10)} == {4, 5}
+        assert metrics.value("blockcache_corrupt_blocks_total") == 4
+        assert elapsed >= 2 * BS / rate * 0.9  # paced at its rate
+        assert await scrub.step() is None  # the pass is over
+        assert metrics.value("blockcache_scrub_passes_total") == 1
+    finally:
+        store.close()
