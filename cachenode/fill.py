@@ -37,7 +37,9 @@ class Filler:
         self._config, self._origin, self._store, self._metrics = config, origin, store, metrics
         self.block_size = config.block_size_bytes
         # A fill's bytes and its write (None: found on disk already), shared by its waiters.
-        self._flight: SingleFlight[tuple[bytes, Write | None]] = SingleFlight()
+        # Cancelled once nobody waits for it: a reader that left takes its origin GET along.
+        self._flight: SingleFlight[tuple[bytes, Write | None]] = SingleFlight(
+            cancel_abandoned=True)
         self._limit = asyncio.Semaphore(config.max_concurrent_fills)  # origin GETs in flight
         # A fill holds a slot from before its GET until its block is on disk, so blocks
         # fetched but not yet written stay bounded (write-behind memory).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -190,6 +191,9 @@ class HttpApi:
             return resp
         except web.HTTPException as e:
             status = e.status
+            raise
+        except asyncio.CancelledError:
+            status = 499  # the reader went away: aiohttp cancelled the handler
             raise
         finally:
             self._metrics.requests.labels("http", str(status)).inc()

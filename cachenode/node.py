@@ -106,7 +106,10 @@ class CacheNode:
     async def _start_http(self) -> None:
         admin = Admin(self.config.node_id, self.service, self.store, self.metrics)
         api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view, admin)
-        runner = web.AppRunner(api.app(), access_log=None,
+        # handler_cancellation: a reader that disconnects cancels its handler, and with it
+        # the fills and peer reads only it was waiting for (single flights cancel abandoned
+        # calls), instead of holding fill and peer-read slots until they finish.
+        runner = web.AppRunner(api.app(), access_log=None, handler_cancellation=True,
                                shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         self._stack.push_async_callback(runner.cleanup)

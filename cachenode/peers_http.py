@@ -21,6 +21,7 @@ from cachenode import checksum
 from cachenode.blocks import BlockRef
 from cachenode.checksum import crc32c
 from cachenode.errors import CacheError, ObjectChanged, PeerUnavailable, remote_error
+from cachenode.liveness import Hung, Left, Liveness
 from cachenode.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class HttpPeerClient:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._down_until: dict[str, float] = {}  # guarded by the loop
+        self.liveness = Liveness()  # a hung peer is given up in seconds, not at the deadline
 
     def _http(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -62,14 +64,17 @@ class HttpPeerClient:
     async def close(self) -> None:
         """Close the connection pool."""
         self._closed = True
+        await self.liveness.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def forget(self, keep: set[str]) -> None:
-        """Drop failure marks of addresses no longer in the group (connections idle out)."""
+        """Give up reads from addresses no longer in the group; drop their failure marks."""
         for addr in [a for a in self._down_until if a not in keep]:
             del self._down_until[addr]
+        if n := self.liveness.abandon(keep):
+            log.warning("gave up %d block reads from peers that left the group", n)
 
     def is_down(self, addr: str) -> bool:
         """Return whether a recent transport failure says to skip this peer for now."""
@@ -90,19 +95,17 @@ class HttpPeerClient:
                    EPOCH: str(epoch)}
         if cached_only:
             headers[CACHED_ONLY] = "1"
+        deadline = timeout_s or self._timeout_s  # always one: a None would mean no timeout
         try:
-            timeout = aiohttp.ClientTimeout(total=timeout_s) if timeout_s else None
-            async with self._http().get(url, headers=headers, timeout=timeout) as r:
-                if r.status not in (200, 206):
-                    raise await self._error(addr, ref, r)
-                if r.headers.get("ETag") != meta.etag:
-                    raise ObjectChanged(meta.bucket, meta.key, meta.etag)
-                crc = r.headers.get(CRC)
-                data = await r.read()
-        except TimeoutError as e:
+            async with asyncio.timeout(deadline):
+                data, crc = await self.liveness.run(addr, self._get(addr, url, headers, ref,
+                                                                    deadline))
+        except TimeoutError:
             if timeout_s:  # a short question (handoff) went unanswered: not a dead peer
-                raise PeerUnavailable(addr, f"no answer within {timeout_s:g}s") from e
-            raise self._failed(addr, f"TimeoutError: {e}") from None
+                raise PeerUnavailable(addr, f"no answer within {timeout_s:g}s") from None
+            raise self._failed(addr, f"no answer within --peer-timeout {deadline:g}s") from None
+        except (Hung, Left) as e:
+            raise self._failed(addr, str(e)) from None
         except (aiohttp.ClientError, OSError) as e:
             raise self._failed(addr, f"{type(e).__name__}: {e}") from None
         except asyncio.CancelledError:
@@ -119,6 +122,17 @@ class HttpPeerClient:
         self._down_until.pop(addr, None)
         self._metrics.peer_bytes.inc(len(data))
         return data
+
+    async def _get(self, addr: str, url: str, headers: dict[str, str], ref: BlockRef,
+                   deadline_s: float) -> tuple[bytes, str | None]:
+        """Return the body and crc header of one block GET, or raise the peer's error."""
+        timeout = aiohttp.ClientTimeout(total=deadline_s + 1, sock_connect=CONNECT_TIMEOUT_S)
+        async with self._http().get(url, headers=headers, timeout=timeout) as r:
+            if r.status not in (200, 206):
+                raise await self._error(addr, ref, r)
+            if r.headers.get("ETag") != ref.obj.etag:
+                raise ObjectChanged(ref.obj.bucket, ref.obj.key, ref.obj.etag)
+            return await r.read(), r.headers.get(CRC)
 
     async def _error(self, addr: str, ref: BlockRef, r: aiohttp.ClientResponse) -> CacheError:
         """Return the error a peer's non-2xx answer stands for."""

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 OWNERS_TRIED = 3  # the owner, then up to two successors, then a fill here
 HANDOFF_TIMEOUT_S = 2.0  # a handoff is a disk read on a peer: a slow one is not worth waiting for
 PEER_READS_MAX = 64  # blocks being read from peers at once, per node (memory: x block size)
+PEER_READS_PER_NODE = 32  # ...of which from one peer: a hung one cannot take every slot
 HANDOFF_GIVE_UP = 64  # "not here" answers (and no hit) before a node is no longer asked...
 HANDOFF_RETRY_S = 60.0  # ...for this long (or until the ring changes)
 # The peer's own trouble: ask the next owner. (A 404 or 416 is the object's, and final; so is
@@ -88,8 +89,9 @@ class Router:
         self._weights: dict[str, int] = {}  # of the nodes on the current ring
         self._addrs: dict[str, str] = {}  # node id -> HTTP host:port, every other member
         self.epoch = 0
-        self._peer_flight: SingleFlight[bytes | None] = SingleFlight()
+        self._peer_flight: SingleFlight[bytes | None] = SingleFlight(cancel_abandoned=True)
         self._peer_slots = asyncio.Semaphore(PEER_READS_MAX)
+        self._slots_per_peer: dict[str, asyncio.Semaphore] = {}  # node id -> its share
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # peer blocks, newest last
         self._recent_max = recent_blocks
         # Handoff questions a node answered "not here" since the last ring change, or -1 once
@@ -120,6 +122,9 @@ class Router:
             log.info("ring epoch %d: %d nodes up of %d members", epoch, len(weights),
                      len(members))
         self._addrs = {i: m.http for i, m in members.items() if i != self.node_id}
+        for gone in set(self._slots_per_peer) - set(self._addrs):
+            if not self._slots_per_peer[gone].locked():
+                del self._slots_per_peer[gone]
         self.epoch = epoch
         self._metrics.ring_nodes.set(len(weights))
         if self._peers is not None:
@@ -197,8 +202,9 @@ class Router:
         addr = self._addrs.get(owner)
         if addr is None or self._peers is None or self._peers.is_down(addr):
             return None
+        mine = self._slots_per_peer.setdefault(owner, asyncio.Semaphore(PEER_READS_PER_NODE))
         try:
-            async with self._peer_slots:
+            async with mine, self._peer_slots:
                 data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch)
         except _TRY_NEXT as e:
             self._metrics.peer_reads.labels("failover").inc()

@@ -78,7 +78,7 @@ class BlockService:
         self._config, self._origin, self.filler, self._metrics = config, origin, filler, metrics
         self.router = router or Router("", filler, metrics)  # default: alone
         self._meta: OrderedDict[tuple[str, str], tuple[float, ObjectMeta]] = OrderedDict()
-        self._heads: SingleFlight[ObjectMeta] = SingleFlight()
+        self._heads: SingleFlight[ObjectMeta] = SingleFlight(cancel_abandoned=True)
         self.block_size = config.block_size_bytes
 
     async def close(self) -> None:

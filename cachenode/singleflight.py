@@ -26,10 +26,15 @@ class SingleFlight(Generic[T]):
     The call runs in its own task, so a caller that is cancelled does not cancel
     the work the others wait for. An error reaches every waiter and is not cached:
     the key is dropped as soon as the task ends, so the next call tries again.
+    With `cancel_abandoned`, the call is cancelled once its last waiter has gone
+    (a reader that left takes the origin or peer work only it waited for with it),
+    and a later caller starts a fresh one.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cancel_abandoned: bool = False) -> None:
         self._tasks: dict[Hashable, asyncio.Task[T]] = {}  # key -> running fill
+        self._waiters: dict[asyncio.Task[T], int] = {}  # callers awaiting each task
+        self._cancel_abandoned = cancel_abandoned
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -46,6 +51,7 @@ class SingleFlight(Generic[T]):
             task = asyncio.ensure_future(fn())
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
+        self._waiters[task] = self._waiters.get(task, 0) + 1
         try:
             return await asyncio.shield(task), shared
         except asyncio.CancelledError:
@@ -56,6 +62,19 @@ class SingleFlight(Generic[T]):
                 # for, which a server would otherwise treat as a vanished client.
                 raise FlightCancelled(key) from None
             raise
+        finally:
+            self._leave(key, task)
+
+    def _leave(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        left = self._waiters[task] - 1
+        if left > 0:
+            self._waiters[task] = left
+            return
+        del self._waiters[task]
+        if self._cancel_abandoned and not task.done():
+            task.cancel("every caller left")
+            if self._tasks.get(key) is task:
+                del self._tasks[key]  # a new caller starts afresh, never joins a cancelled call
 
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
         if self._tasks.get(key) is task:

@@ -25,6 +25,7 @@ import aiohttp
 from cachenode.blocks import block_id
 from cachenode.checksum import HEADER as CRC
 from cachenode.checksum import crc32c
+from cachenode.liveness import Hung, Left, Liveness
 from cachenode.ring import Ring
 from client.errors import ClientError, NotFound, ObjectChanged, Unavailable
 from client.membership import GroupView, Member, base_url, from_etcd, from_seeds
@@ -84,6 +85,7 @@ class CacheClient:
         self._ring: Ring | None = None
         self._learned = 0.0
         self._down_until: dict[str, float] = {}
+        self._liveness = Liveness()  # a hung node is given up in seconds, not at the deadline
         self.failovers = 0  # requests moved to another node after one failed
         self.corrupt = 0  # blocks that failed the crc32 their node recorded
 
@@ -109,6 +111,7 @@ class CacheClient:
 
     async def close(self) -> None:
         """Close the connection pool."""
+        await self._liveness.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -223,38 +226,49 @@ class CacheClient:
         errors = []
         for m in nodes:
             try:
-                async with self._http().request(method, base_url(m.http) + url_path,
-                                                headers=headers) as r:
-                    if r.status in (200, 206):
-                        if info.etag and r.headers.get("ETag") != info.etag:
-                            errors.append(f"{m.id}: sent ETag {r.headers.get('ETag')}")
-                            continue  # that node knows another version: ask the next
-                        body = await r.read()
-                        if span and len(body) != span[1] - span[0]:
-                            raise aiohttp.ClientPayloadError(
-                                f"{len(body)} of {span[1] - span[0]} bytes")
-                        crc = r.headers.get(CRC)
-                        if crc is not None and crc32c(body) != int(crc):
-                            self.corrupt += 1
-                            raise aiohttp.ClientPayloadError("block failed its CRC-32C")
-                        return r.headers, body
-                    text = await r.text() or r.headers.get("X-Blockcache-Reason", "")
-            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                async with asyncio.timeout(self._timeout_s):  # a hung node: Hung in seconds
+                    status, got, body = await self._liveness.run(
+                        m.http, self._request(method, base_url(m.http) + url_path, headers,
+                                              span))
+            except (aiohttp.ClientError, OSError, TimeoutError, Hung, Left) as e:
                 self._mark_down(m, e)
                 errors.append(f"{m.id}: {e or type(e).__name__}")
                 continue
-            if r.status == 503:
+            text = body.decode("utf-8", "replace") or got.get("X-Blockcache-Reason", "")
+            if status in (200, 206):
+                if info.etag and got.get("ETag") != info.etag:
+                    errors.append(f"{m.id}: sent ETag {got.get('ETag')}")
+                    continue  # that node knows another version: ask the next
+                return got, body
+            if status == 503:
                 errors.append(f"{m.id}: HTTP 503 {_reason(text)}")
                 continue
-            if r.status >= 500:  # the origin failed for this node: it would for the others
-                errors.append(f"{m.id}: HTTP {r.status} {_reason(text)}")
+            if status >= 500:  # the origin failed for this node: it would for the others
+                errors.append(f"{m.id}: HTTP {status} {_reason(text)}")
                 break
-            if r.status == 412:
+            if status == 412:
                 raise ObjectChanged(f"s3://{info.bucket}/{info.key} changed at origin (pinned "
                                     f"ETag {info.etag} is gone); stat it again")
-            raise _error(r.status, text)
+            raise _error(status, text)
         raise Unavailable(f"no node could serve s3://{info.bucket}/{info.key}: "
                           + "; ".join(errors[-4:]))
+
+    async def _request(self, method: str, url: str, headers: Mapping[str, str],
+                       span: tuple[int, int] | None
+                       ) -> tuple[int, Mapping[str, str], bytes]:
+        """Return status, headers and body of one request; a 2xx body is length and
+        checksum checked (ClientPayloadError if it fails)."""
+        async with self._http().request(method, url, headers=headers) as r:
+            body = await (r.read() if r.status in (200, 206) else r.content.read(64 * 1024))
+            if r.status not in (200, 206):
+                return r.status, r.headers.copy(), body
+            if span and len(body) != span[1] - span[0]:
+                raise aiohttp.ClientPayloadError(f"{len(body)} of {span[1] - span[0]} bytes")
+            crc = r.headers.get(CRC)
+            if crc is not None and crc32c(body) != int(crc):
+                self.corrupt += 1
+                raise aiohttp.ClientPayloadError("block failed its CRC-32C")
+            return r.status, r.headers.copy(), body
 
     def _http(self) -> aiohttp.ClientSession:
         assert self._session is not None, "call start() first"

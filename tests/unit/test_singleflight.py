@@ -169,3 +169,61 @@ async def test_a_cancelled_waiter_is_cancelled_not_failed() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     await sf.close()
+
+
+@pytest.mark.asyncio
+async def test_abandoned_call_is_cancelled_once_its_last_caller_leaves() -> None:
+    sf: SingleFlight[str] = SingleFlight(cancel_abandoned=True)
+    cancelled = asyncio.Event()
+
+    async def slow() -> str:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    callers = [asyncio.create_task(sf.do("k", slow)) for _ in range(3)]
+    await asyncio.sleep(0)
+    callers[0].cancel()
+    callers[1].cancel()
+    await asyncio.gather(*callers[:2], return_exceptions=True)
+    assert sf.running("k") and not cancelled.is_set()  # one caller still waits: it goes on
+    callers[2].cancel()
+    await asyncio.gather(callers[2], return_exceptions=True)
+    await asyncio.wait_for(cancelled.wait(), 1)
+    assert not sf.running("k")
+
+
+@pytest.mark.asyncio
+async def test_a_caller_after_an_abandoned_call_starts_afresh() -> None:
+    sf: SingleFlight[str] = SingleFlight(cancel_abandoned=True)
+    first, second = Call("old"), Call("new")
+    t = asyncio.create_task(sf.do("k", first))
+    await first.started.wait()
+    t.cancel()
+    await asyncio.gather(t, return_exceptions=True)
+    late = asyncio.create_task(sf.do("k", second))  # the first call is still unwinding
+    await second.started.wait()
+    second.release.set()
+    assert await late == ("new", False)
+    assert (first.calls, second.calls) == (1, 1)
+
+
+@pytest.mark.asyncio
+async def test_waiters_of_a_finished_call_never_cancel_the_next_one() -> None:
+    sf: SingleFlight[str] = SingleFlight(cancel_abandoned=True)
+    a, b = Call("a"), Call("b")
+    old = [asyncio.create_task(sf.do("k", a)) for _ in range(2)]
+    await a.started.wait()
+    a.release.set()
+    while sf.running("k"):  # the call is done and forgotten...
+        await asyncio.sleep(0)
+    assert not any(t.done() for t in old)  # ...and its callers have not resumed yet
+    nxt = asyncio.create_task(sf.do("k", b))
+    assert [await t for t in old] == [("a", False), ("a", True)]
+    await b.started.wait()
+    assert sf.running("k")  # the old callers leaving did not count against the new call
+    b.release.set()
+    assert await nxt == ("b", False)
