@@ -118,6 +118,13 @@ class NodeConfig:
         int))
     readahead_blocks: int = field(default=4, metadata=_opt(
         "--readahead", "blocks fetched ahead of the one being sent, per response", int))
+    memory_budget_bytes: int = field(default=128 * 2**20, metadata=_opt(
+        "--memory-budget", "block bytes all responses together may hold in memory (blocks "
+        "from other nodes, until sent; blocks stored here are sent from their files)",
+        parse_size))
+    send_timeout_s: float = field(default=30.0, metadata=_opt(
+        "--send-timeout", "a reader that takes no bytes for this long is disconnected; also "
+        "the longest a response waits for memory budget before a 503", parse_duration))
     scrub_rate_bytes: int = field(default=32 * 2**20, metadata=_opt(
         "--scrub-rate", "bytes per second of cold blocks re-read and checked against their "
         "CRC-32C in the background (e.g. 32MiB; 0 = no scrub)", parse_size))
@@ -169,7 +176,10 @@ class NodeConfig:
             raise ConfigError("--readahead must be between 0 and 64")
         if self.metadata_ttl_s < 0:
             raise ConfigError("--metadata-ttl must not be negative")
-        for name in ("fill_timeout_s", "origin_connect_timeout_s", "origin_read_timeout_s"):
+        if self.memory_budget_bytes < bs:
+            raise ConfigError(f"--memory-budget {self.memory_budget_bytes} must hold a block")
+        for name in ("fill_timeout_s", "origin_connect_timeout_s", "origin_read_timeout_s",
+                     "send_timeout_s"):
             if getattr(self, name) <= 0:
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise ConfigError(f"{flag} must be more than 0")

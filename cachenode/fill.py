@@ -60,9 +60,31 @@ class Filler:
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
+    def has(self, ref: BlockRef) -> bool:
+        """Return whether the block is stored here (an index lookup, no I/O)."""
+        return self._store.has(ref.block_id, ref.length)
+
     async def open_stored(self, ref: BlockRef) -> OpenBlock | None:
         """Return the block's file if it is on disk now and passes its checksum, else None."""
         return await self._store.open_checked(ref.block_id, ref.length)
+
+    async def settled(self, ref: BlockRef) -> bool:
+        """Wait until a block fetched a moment ago is written; return whether it was stored."""
+        landed = self._landed.get(ref.block_id)
+        if landed is None:
+            return self._store.has(ref.block_id, ref.length)
+        return await asyncio.shield(landed[1]) is None  # a caller that leaves lets it run
+
+    def open_written(self, ref: BlockRef) -> OpenBlock | None:
+        """Return the file of a block this node wrote just now from bytes it checksummed.
+
+        Not checked again: its pages are still the ones written. Older blocks go through
+        `open_stored`, which checks them.
+        """
+        ob = self._store.open_block(ref.block_id, ref.length)
+        if ob is not None:
+            ob.source = "origin"
+        return ob
 
     async def read_stored_bytes(self, ref: BlockRef) -> bytes | None:
         """Return a stored block's checked bytes, or None if absent (or corrupt: dropped)."""

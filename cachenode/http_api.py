@@ -38,7 +38,7 @@ from cachenode.errors import (
 from cachenode.metrics import NodeMetrics
 from cachenode.peers_http import CACHED_ONLY, CRC, EPOCH, HOPS, SIZE
 from cachenode.ranges import Span, parse_range
-from cachenode.sendfile import SocketSender
+from cachenode.sendfile import ReaderStalled, SocketSender
 from cachenode.service import BlockService, Chunk, FileChunk, MemChunk, validate_name
 from cachenode.singleflight import FlightCancelled
 from cachenode.warm import MAX_BODY_BYTES, Admin
@@ -298,7 +298,8 @@ class HttpApi:
                 resp = web.StreamResponse(status=status, headers=headers)
                 resp.content_length = length
                 await resp.prepare(request)
-                sender = SocketSender(request, resp)
+                sender = SocketSender(request, resp,
+                                      stall_timeout_s=self._service.send_timeout_s)
             except BaseException as e:
                 if isinstance(first, FileChunk):
                     first.close()  # the reader left before the headers; _send never runs
@@ -319,6 +320,8 @@ class HttpApi:
                 _abort(request)
                 return resp
             except ConnectionError as e:
+                if isinstance(e, ReaderStalled):
+                    self._metrics.stalled_readers.inc()
                 log.debug("reader of s3://%s/%s went away: %s", bucket, key, e)
                 _abort(request)
                 return resp

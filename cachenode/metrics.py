@@ -21,6 +21,9 @@ class NodeMetrics:
         self.hits = Counter(p + "block_hits", "Block reads served from local disk", registry=r)
         self.misses = Counter(p + "block_misses", "Block reads not found on local disk",
                               registry=r)
+        self.stalled_readers = Counter(p + "stalled_readers",
+                                       "Readers disconnected after taking no bytes for "
+                                       "--send-timeout", registry=r)
         self.bytes_served = Counter(p + "served_bytes", "Bytes sent to readers, by source",
                                     ["source"], registry=r)
         self.fills = Counter(p + "fills", "Block fills started from origin", registry=r)
@@ -66,6 +69,9 @@ class NodeMetrics:
         self.peer_reads = Counter(p + "peer_reads",
                                   "Blocks asked of their owner, by result (ok/failover)",
                                   ["result"], registry=r)
+        self.peer_reads_in_flight = Gauge(p + "peer_reads_in_flight",
+                                          "Block reads from other nodes holding a slot now",
+                                          registry=r)
         self.peer_bytes = Counter(p + "peer_bytes", "Bytes received from other nodes",
                                   registry=r)
         self.peer_errors = Counter(p + "peer_errors",

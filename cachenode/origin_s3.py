@@ -62,6 +62,7 @@ class S3Origin:
         self._client: Any = None
         self._down_until = 0.0  # monotonic time until which the origin counts as unreachable
         self._down_reason = ""
+        self._where = config.origin_endpoint_url or "the AWS S3 endpoint"
 
     async def start(self) -> None:
         """Create the S3 client (credentials from the usual AWS sources)."""
@@ -154,7 +155,9 @@ class S3Origin:
             except Exception as e:
                 if isinstance(e, _DOWN):  # refused, or accepted but silent: don't queue on it
                     self._down_until = time.monotonic() + DOWN_HOLD_S
-                    self._down_reason = str(e)
+                    # Told to later requests for other objects: the kind of failure only,
+                    # never this request's URL (its bucket and key are not theirs to see).
+                    self._down_reason = f"{type(e).__name__} from {self._where}"
                     raise self._error(op, bucket, key, e, etag) from e
                 err = self._error(op, bucket, key, e, etag)
                 if not _retryable(e):

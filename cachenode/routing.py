@@ -135,6 +135,16 @@ class Router:
         await self._peer_flight.close()
         self._recent.clear()
 
+    def held_in_memory(self, ref: BlockRef, hops: int, cached_only: bool) -> int:
+        """Return the bytes a read of this block will hold in memory (0: sent from a file).
+
+        A block another node owns, and not stored here, comes as bytes from that node.
+        """
+        if hops or cached_only or self.filler.has(ref):
+            return 0
+        owners = self.owners(ref)
+        return ref.length if owners and owners[0] != self.node_id else 0
+
     def owners(self, ref: BlockRef) -> list[str]:
         """Return the node ids to ask for a block, owner first ([] when alone)."""
         if self._ring is None or self._peers is None:
@@ -205,7 +215,11 @@ class Router:
         mine = self._slots_per_peer.setdefault(owner, asyncio.Semaphore(PEER_READS_PER_NODE))
         try:
             async with mine, self._peer_slots:
-                data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch)
+                self._metrics.peer_reads_in_flight.inc()
+                try:
+                    data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch)
+                finally:
+                    self._metrics.peer_reads_in_flight.dec()
         except _TRY_NEXT as e:
             self._metrics.peer_reads.labels("failover").inc()
             log.info("block %s: owner %s failed (%s); trying the next", ref.block_id, owner, e)

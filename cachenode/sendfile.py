@@ -29,7 +29,7 @@ from aiohttp.helpers import must_be_empty_body
 MAX_CHUNK_BYTES = 1024 * 1024
 _FALLBACK_CHUNK_BYTES = 256 * 1024
 _CLOSED_POLL_S = 1.0  # re-check transport.is_closing() while waiting for POLLOUT
-STALL_TIMEOUT_S = 60.0  # a reader that takes no bytes for this long is disconnected
+STALL_TIMEOUT_S = 30.0  # a reader that takes no bytes for this long is disconnected
 
 
 class FileTruncatedError(EOFError):
@@ -44,6 +44,10 @@ class FileTruncatedError(EOFError):
                 f"file ended after {self.sent}; response truncated, connection aborted")
 
 
+class ReaderStalled(ConnectionResetError):
+    """The reader took no bytes for the stall timeout; the connection has been aborted."""
+
+
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -53,7 +57,8 @@ class SocketSender:
     """Writes file spans and bytes, in order, into one prepared `web.StreamResponse`."""
 
     def __init__(self, request: web.BaseRequest, resp: web.StreamResponse, *,
-                 max_chunk_bytes: int = MAX_CHUNK_BYTES, cork: bool = True) -> None:
+                 max_chunk_bytes: int = MAX_CHUNK_BYTES, cork: bool = True,
+                 stall_timeout_s: float = STALL_TIMEOUT_S) -> None:
         if not resp.prepared:
             raise RuntimeError("SocketSender needs a prepared response")
         if request.transport is None:
@@ -64,6 +69,7 @@ class SocketSender:
         self._chunked = bool(getattr(self._writer, "chunked", False))
         self._transport: asyncio.Transport = request.transport
         self._max_chunk = max_chunk_bytes
+        self._stall_s = stall_timeout_s
         self._empty_body = must_be_empty_body(request.method, resp.status)
         t = self._transport
         tsock = t.get_extra_info("socket")
@@ -113,12 +119,11 @@ class SocketSender:
             if i:
                 await asyncio.sleep(0)  # let other connections (and timers) run between slices
             try:
-                async with asyncio.timeout(STALL_TIMEOUT_S):
+                async with asyncio.timeout(self._stall_s):
                     await self._resp.write(view[i:i + step])  # drains above 64 KiB buffered
             except TimeoutError:
                 self._abort()
-                raise ConnectionResetError(
-                    f"reader took no bytes for {STALL_TIMEOUT_S:g}s") from None
+                raise ReaderStalled(f"reader took no bytes for {self._stall_s:g}s") from None
 
     async def send_file(self, fd: int, offset: int, count: int) -> int:
         """Send `count` bytes of `fd` from `offset`; return `count` or raise.
@@ -154,9 +159,9 @@ class SocketSender:
             except ConnectionError as e:  # EPIPE, ECONNRESET
                 raise ConnectionResetError(f"peer closed during sendfile: {e}") from e
             if n < 0:
-                if time.monotonic() - progress > STALL_TIMEOUT_S:
+                if time.monotonic() - progress > self._stall_s:
                     self._abort()
-                    raise ConnectionResetError(f"reader took no bytes for {STALL_TIMEOUT_S:g}s")
+                    raise ReaderStalled(f"reader took no bytes for {self._stall_s:g}s")
                 await self._writable()
                 continue
             progress = time.monotonic()
@@ -239,7 +244,7 @@ class SocketSender:
             if not chunk:
                 self._abort()
                 raise FileTruncatedError(fd, offset, count, done)
-            await self._resp.write(chunk)
+            await self.send_bytes(chunk)  # bounded by the stall timeout like any write
             done += len(chunk)
         return done
 

@@ -10,7 +10,8 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from cachenode import blocks
-from cachenode.blocks import BlockSlice, ObjectMeta
+from cachenode.blocks import BlockRef, BlockSlice, ObjectMeta
+from cachenode.budget import MemoryBudget
 from cachenode.config import NodeConfig
 from cachenode.errors import (
     BadRequest,
@@ -80,6 +81,8 @@ class BlockService:
         self._meta: OrderedDict[tuple[str, str], tuple[float, ObjectMeta]] = OrderedDict()
         self._heads: SingleFlight[ObjectMeta] = SingleFlight(cancel_abandoned=True)
         self.block_size = config.block_size_bytes
+        self.budget = MemoryBudget(config.memory_budget_bytes, config.send_timeout_s)
+        self.send_timeout_s = config.send_timeout_s
 
     async def close(self) -> None:
         """Cancel metadata lookups in flight."""
@@ -160,40 +163,74 @@ class BlockService:
                      cached_only: bool = False) -> AsyncGenerator[Chunk, None]:
         """Yield the bytes [start, end] of the pinned version in order, with bounded read-ahead.
 
-        Memory stays below (read-ahead + 1) blocks. A FileChunk must be closed by the
-        receiver. ObjectChanged means the version is gone: the metadata is dropped.
+        Blocks stored here are sent from their files (a block this response fills is
+        awaited onto disk first), so a reader that stalls holds file descriptors, not
+        memory. A block from another node is held in memory until sent: it takes its bytes
+        from the node's MemoryBudget first; read-ahead only takes free budget. A FileChunk
+        must be closed by the receiver. ObjectChanged means the version is gone: the
+        metadata is dropped.
         """
         todo = iter(blocks.slices(meta, start, end, self._config.block_size_bytes))
-        pending: deque[tuple[BlockSlice, asyncio.Future[OpenBlock | Fetched]]] = deque()
+        s: BlockSlice | None = next(todo, None)
+        pending: deque[_Ahead] = deque()
         try:
             while True:
-                while len(pending) <= self._config.readahead_blocks:
+                while s is not None and len(pending) <= self._config.readahead_blocks:
+                    need = self.router.held_in_memory(s.ref, hops, cached_only)
+                    if need and not self.budget.try_take(need):
+                        if pending:
+                            break  # read ahead only on free budget; retry after a send
+                        await self.budget.take(need)  # the block to send next may wait
+                    pending.append(_Ahead(s, asyncio.ensure_future(
+                        self._read(s.ref, hops, cached_only)), need))
                     s = next(todo, None)
-                    if s is None:
-                        break
-                    pending.append((s, asyncio.ensure_future(
-                        self.router.read_block(s.ref, hops, cached_only))))
                 if not pending:
                     return
-                s, fut = pending[0]  # stays pending (closed by finally) until its result is ours
+                ahead = pending[0]  # stays pending (closed by finally) until its result is ours
                 try:
-                    got = await fut
+                    got = await ahead.fut
                 except ObjectChanged:
                     self.invalidate(meta.bucket, meta.key)
                     raise
                 pending.popleft()
-                if isinstance(got, Fetched) and got.source == "origin":
-                    # Filled a while ago (read-ahead)? Send the file, let the bytes go.
-                    got = await self.filler.open_stored(s.ref) or got
+                held, ahead.held = ahead.held, 0
                 if isinstance(got, OpenBlock):
-                    yield FileChunk(got, s.offset, s.length)
-                else:
-                    whole = s.offset == 0 and s.length == len(got.data)
-                    yield MemChunk(memoryview(got.data)[s.offset:s.offset + s.length],
-                                   got.source, got.crc32c if whole else None)
+                    self.budget.give(held)  # sent from its file after all
+                    held = 0
+                try:
+                    yield _chunk(ahead.slice, got)
+                finally:
+                    self.budget.give(held)
         finally:
-            for _, fut in pending:
-                _discard(fut)
+            for a in pending:
+                _discard(a.fut)
+                self.budget.give(a.held)
+
+    async def _read(self, ref: BlockRef, hops: int, cached_only: bool) -> OpenBlock | Fetched:
+        """Return a block routed as usual; one filled from origin here, as its stored file."""
+        got = await self.router.read_block(ref, hops, cached_only)
+        if isinstance(got, Fetched) and got.source == "origin":
+            if await self.filler.settled(ref):
+                got = self.filler.open_written(ref) or got
+        return got
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """A block of a response being read, and the budget bytes it holds."""
+
+    slice: BlockSlice
+    fut: asyncio.Future[OpenBlock | Fetched]
+    held: int
+
+
+def _chunk(s: BlockSlice, got: OpenBlock | Fetched) -> Chunk:
+    """Return the part of a block that a slice asks for, as a file span or bytes."""
+    if isinstance(got, OpenBlock):
+        return FileChunk(got, s.offset, s.length)
+    whole = s.offset == 0 and s.length == len(got.data)
+    return MemChunk(memoryview(got.data)[s.offset:s.offset + s.length], got.source,
+                    got.crc32c if whole else None)
 
 
 def _discard(fut: asyncio.Future[OpenBlock | Fetched]) -> None:

@@ -80,6 +80,11 @@ async def test_unreachable_origin_fails_fast_then_recovers(s3: SeaweedFS, bucket
                 await origin.get_range(meta, 0, 7)
             with pytest.raises(OriginUnavailable, match="unreachable"):
                 await origin.get_range(meta, 0, 7)  # no new attempt while held down
+            other = meta.__class__(bucket, "secret/other-key", 7, meta.etag)
+            with pytest.raises(OriginUnavailable) as held:  # another reader's object...
+                await origin.get_range(other, 0, 7)
+            assert "/k" not in str(held.value)  # ...is not told this request's key
+            assert "EndpointConnectionError from http://127.0.0.1" in str(held.value)
             assert time.monotonic() - t0 < 1.0
             proxy.start()
             time.sleep(1.05)

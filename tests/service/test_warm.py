@@ -151,7 +151,8 @@ async def test_warm_during_a_reads_write_behind_waits_for_it(node: Node, slow_di
                                                              ) -> None:
     data = blob(BS)
     meta = await node.put("m", data)
-    assert await node.read("m") == data  # answered before its block reached the disk
+    got = await node.node.filler.read_block(BlockRef(meta, 0, BS))  # a gRPC or peer read
+    assert got == data  # answered before its block reached the disk
     assert not node.stored(meta, 0)
     results = await node.warm((meta, [0]))
     assert results[0]["status"] == "filled"
