@@ -572,3 +572,41 @@ async def test_a_block_corrupted_on_disk_never_reaches_a_plain_reader(node: Node
     assert sum(node.origin.gets.values()) == 4  # the bad block was dropped and filled again
     await node.node.filler.flush()
     assert path.read_bytes() == data[BS:2 * BS]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("size", "rng", "cached_only"), [
+    ("0", None, "1"), ("0", "bytes=0-0", "0"), ("0", None, "0"),  # a size with no blocks
+    (str(3 * BS + 17), None, "1"),  # no Range: a peer always names one block
+    (str(3 * BS + 17), f"bytes=0-{2 * BS - 1}", "1"),  # two blocks
+    (str(3 * BS + 17), f"bytes=10-{BS - 1}", "0"),  # part of one
+])
+async def test_a_forwarded_read_must_name_one_whole_block(node: Node, size: str,
+                                                          rng: str | None,
+                                                          cached_only: str) -> None:
+    data = blob(3 * BS + 17)
+    etag = node.put("f.bin", data)
+    headers = {"If-Match": etag, "X-Blockcache-Hops": "1", "X-Blockcache-Size": size,
+               "X-Blockcache-Cached-Only": cached_only}
+    if rng:
+        headers["Range"] = rng
+    status, got, body = await get(node, "/bkt/f.bin", headers)
+    assert status == 400, (status, body[:200])
+    assert got["X-Blockcache-Error"] == "BadRequest"
+    assert "one whole block" in json.loads(body)["reason"]
+    assert not node.origin.gets  # refused before anything was filled
+
+
+@pytest.mark.asyncio
+async def test_a_forwarded_read_with_a_wrong_size_gets_no_other_block(node: Node) -> None:
+    data = blob(3 * BS + 17)
+    etag = node.put("f.bin", data)
+    assert (await get(node, "/bkt/f.bin"))[2] == data
+    await node.node.filler.flush()
+    headers = {"If-Match": etag, "X-Blockcache-Hops": "1", "X-Blockcache-Size": str(BS),
+               "X-Blockcache-Cached-Only": "1", "Range": f"bytes=0-{BS - 1}"}
+    status, got, _ = await get(node, "/bkt/f.bin", headers)  # block 0 of a 1-block "version"
+    assert status == 404 and got["X-Blockcache-Error"] == "BlockNotCached"
+    headers["X-Blockcache-Size"] = str(len(data))
+    status, _, body = await get(node, "/bkt/f.bin", headers)
+    assert status == 206 and body == data[:BS]
