@@ -11,6 +11,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from cachenode.names import KEY_POLICIES
+
 ENV_PREFIX = "CACHENODE_"
 MAX_WEIGHT = 10_000  # x 3 virtual nodes each: ring builds stay fast
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -120,6 +122,11 @@ class NodeConfig:
         "--readahead", "blocks fetched ahead of the one being sent, per response", int))
     fsync: bool = field(default=False, metadata=_opt(
         "--fsync", "fsync each block before it becomes visible (survives power loss)", _bool))
+    origin_keys: str = field(default="strict", metadata=_opt(
+        "--origin-keys", "strict: refuse (400) keys an origin that stores keys as paths "
+        "would read as another key (empty segments as in a//b, a leading or trailing '/', a "
+        "backslash; SeaweedFS); verbatim: pass every key as is (AWS S3 keeps them distinct)",
+        str.lower))
     etcd_endpoints: tuple[str, ...] = field(default=(), metadata=_opt(
         "--etcd", "etcd URL(s), comma-separated, to join a cache group; empty = run alone",
         _urls))
@@ -180,6 +187,8 @@ class NodeConfig:
             raise ConfigError("--etcd-connect-timeout must be more than 0")
         if self.lease_ttl_s < 2:
             raise ConfigError("--lease-ttl must be at least 2s")
+        if self.origin_keys not in KEY_POLICIES:
+            raise ConfigError(f"--origin-keys {self.origin_keys!r} is not strict or verbatim")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"--log-level {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 

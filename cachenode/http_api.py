@@ -35,10 +35,11 @@ from cachenode.errors import (
     StoreFull,
 )
 from cachenode.metrics import NodeMetrics
+from cachenode.names import validate_name
 from cachenode.peers_http import CACHED_ONLY, CRC, EPOCH, HOPS, SIZE
 from cachenode.ranges import Span, parse_range
 from cachenode.sendfile import SocketSender
-from cachenode.service import BlockService, Chunk, FileChunk, MemChunk, validate_name
+from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
 from cachenode.singleflight import FlightCancelled
 from cachenode.warm import MAX_BODY_BYTES, Admin
 
@@ -318,7 +319,7 @@ class HttpApi:
         if hops and want not in ("", "*") and size.isdigit() and len(size) < 20:
             trusted = ObjectMeta(bucket, key, int(size), want)
             if cached_only:
-                validate_name(bucket, key)
+                validate_name(bucket, key, self._service.key_policy)
                 return trusted
         return await self._service.pinned(bucket, key, want, trusted)
 

@@ -97,6 +97,11 @@ def test_flags_parse_every_kind() -> None:
     assert cfg.fsync is True and cfg.max_concurrent_fills == 3 and cfg.log_level == "DEBUG"
 
 
+def test_connection_and_key_options() -> None:
+    assert NodeConfig.from_args([], env={}).origin_keys == "strict"
+    assert NodeConfig.from_args(["--origin-keys", "Verbatim"], env={}).origin_keys == "verbatim"
+
+
 def test_env_fallback() -> None:
     cfg = NodeConfig.from_args([], env={"CACHENODE_CAPACITY": "2GiB",
                                         "CACHENODE_METADATA_TTL": "3s",
@@ -146,6 +151,7 @@ def test_flag_overrides_invalid_env() -> None:
         (["--readahead", "65"], {}, "--readahead"),
         (["--fsync", "maybe"], {}, "--fsync"),
         (["--log-level", "loud"], {}, "--log-level"),
+        (["--origin-keys", "lenient"], {}, "--origin-keys"),
     ],
 )
 def test_invalid_values_name_the_option(argv: list[str], env: dict[str, str],
@@ -182,7 +188,7 @@ def test_help_mentions_every_flag() -> None:
     assert proc.returncode == 0, proc.stderr
     for flag in ("--data-dir", "--capacity", "--block-size", "--http", "--grpc",
                  "--metadata-ttl", "--origin-endpoint", "--max-concurrent-fills",
-                 "--fill-timeout", "--readahead"):
+                 "--fill-timeout", "--readahead", "--origin-keys"):
         assert flag in proc.stdout, flag
     assert "CACHENODE_CAPACITY" in proc.stdout and "AWS_ENDPOINT_URL" in proc.stdout
 
