@@ -127,6 +127,18 @@ class NodeConfig:
         "would read as another key (empty segments as in a//b, a leading or trailing '/', a "
         "backslash; SeaweedFS); verbatim: pass every key as is (AWS S3 keeps them distinct)",
         str.lower))
+    header_timeout_s: float = field(default=10.0, metadata=_opt(
+        "--header-timeout", "a request head (request line and headers) must arrive within "
+        "this, counted from the accept or from the first byte of a kept-alive connection's "
+        "next request; else 408 and the connection is closed",
+        parse_duration))
+    idle_timeout_s: float = field(default=75.0, metadata=_opt(
+        "--idle-timeout", "a kept-alive connection with no request in flight is closed after "
+        "this", parse_duration))
+    max_connections: int = field(default=0, metadata=_opt(
+        "--max-connections", "open HTTP connections at most; one more is answered 503 with "
+        "Retry-After and closed; 0 = derived from the open-files limit (RLIMIT_NOFILE), "
+        "leaving fds for block files, origin and peer connections", int))
     etcd_endpoints: tuple[str, ...] = field(default=(), metadata=_opt(
         "--etcd", "etcd URL(s), comma-separated, to join a cache group; empty = run alone",
         _urls))
@@ -173,7 +185,8 @@ class NodeConfig:
             raise ConfigError("--readahead must be between 0 and 64")
         if self.metadata_ttl_s < 0:
             raise ConfigError("--metadata-ttl must not be negative")
-        for name in ("fill_timeout_s", "origin_connect_timeout_s", "origin_read_timeout_s"):
+        for name in ("fill_timeout_s", "origin_connect_timeout_s", "origin_read_timeout_s",
+                     "header_timeout_s", "idle_timeout_s"):
             if getattr(self, name) <= 0:
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise ConfigError(f"{flag} must be more than 0")
@@ -187,6 +200,8 @@ class NodeConfig:
             raise ConfigError("--etcd-connect-timeout must be more than 0")
         if self.lease_ttl_s < 2:
             raise ConfigError("--lease-ttl must be at least 2s")
+        if self.max_connections < 0:
+            raise ConfigError("--max-connections must not be negative (0 = from the fd limit)")
         if self.origin_keys not in KEY_POLICIES:
             raise ConfigError(f"--origin-keys {self.origin_keys!r} is not strict or verbatim")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
