@@ -130,11 +130,11 @@ class NodeConfig:
     header_timeout_s: float = field(default=10.0, metadata=_opt(
         "--header-timeout", "a request head (request line and headers) must arrive within "
         "this, counted from the accept or from the first byte of a kept-alive connection's "
-        "next request; else 408 and the connection is closed",
+        "next request; else 408 and the connection is closed (gRPC: the HTTP/2 handshake)",
         parse_duration))
     idle_timeout_s: float = field(default=75.0, metadata=_opt(
         "--idle-timeout", "a kept-alive connection with no request in flight is closed after "
-        "this", parse_duration))
+        "this (HTTP keep-alive, gRPC max connection idle)", parse_duration))
     max_connections: int = field(default=0, metadata=_opt(
         "--max-connections", "open HTTP connections at most; one more is answered 503 with "
         "Retry-After and closed; 0 = derived from the open-files limit (RLIMIT_NOFILE), "

@@ -177,8 +177,9 @@ class CacheNode:
     async def _start_grpc(self) -> None:
         from cachenode.grpc_api import start_grpc_server  # grpc stays out of pure imports
 
+        assert self.limits is not None  # set by _start_http, which runs first
         server, self.grpc_port = await start_grpc_server(self.service, self.metrics,
-                                                         self.config.grpc_addr)
+                                                         self.config.grpc_addr, self.limits)
 
         async def stop() -> None:
             await server.stop(SHUTDOWN_GRACE_S)
