@@ -124,13 +124,15 @@ class NodeConfig:
         "--fsync", "fsync each block before it becomes visible (survives power loss)", _bool))
     origin_keys: str = field(default="strict", metadata=_opt(
         "--origin-keys", "strict: refuse (400) keys an origin that stores keys as paths "
-        "would read as another key (empty segments as in a//b, a leading or trailing '/', a "
-        "backslash; SeaweedFS); verbatim: pass every key as is (AWS S3 keeps them distinct)",
+        "would read as another key or cannot hold (empty segments as in a//b, a leading or "
+        "trailing '/', a backslash, a segment over 255 bytes; SeaweedFS); verbatim: pass "
+        "every key as is (AWS S3 keeps them distinct)",
         str.lower))
     header_timeout_s: float = field(default=10.0, metadata=_opt(
         "--header-timeout", "a request head (request line and headers) must arrive within "
         "this, counted from the accept or from the first byte of a kept-alive connection's "
-        "next request; else 408 and the connection is closed (gRPC: the HTTP/2 handshake)",
+        "next request; else 408 and the connection is closed (also the time a /_warm or "
+        "/_evict body may take; gRPC: the HTTP/2 handshake)",
         parse_duration))
     idle_timeout_s: float = field(default=75.0, metadata=_opt(
         "--idle-timeout", "a kept-alive connection with no request in flight is closed after "

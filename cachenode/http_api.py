@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import logging
@@ -141,9 +142,10 @@ class HttpApi:
     def __init__(self, service: BlockService, metrics: NodeMetrics,
                  ready: Callable[[], str | None],
                  ring_view: Callable[[], dict[str, Any]] | None = None,
-                 admin: Admin | None = None) -> None:
+                 admin: Admin | None = None, body_timeout_s: float = 10.0) -> None:
         self._service, self._metrics, self._ready = service, metrics, ready
         self._ring_view, self._admin = ring_view, admin
+        self._body_timeout_s = body_timeout_s  # an admin body must arrive within this
 
     def app(self) -> web.Application:
         """Return the aiohttp application."""
@@ -213,9 +215,16 @@ class HttpApi:
             if problem:
                 raise NotReady(problem)
             try:
-                body = await request.read()  # at most client_max_size bytes
+                async with asyncio.timeout(self._body_timeout_s):  # no trickled bodies
+                    body = await request.read()  # at most client_max_size bytes
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge(request.client_max_size) from None
+            except TimeoutError:
+                resp = web.json_response({"error": "RequestTimeout", "reason": (
+                    f"request body not complete within {self._body_timeout_s:g}s "
+                    "(--header-timeout)")}, status=408, headers={"Connection": "close"})
+                resp.force_close()
+                return resp
             run = self._admin.warm_json if request.path == "/_warm" else self._admin.evict_json
             return web.json_response(await run(body))
         except CacheError as e:

@@ -288,5 +288,8 @@ class NodeRunner(web.AppRunner):
         return HttpServer(server.request_handler, gate=self._gate,
                           request_factory=server.request_factory, access_log=None,
                           keepalive_timeout=self._gate.limits.idle_timeout_s,
+                          # a body the handler did not read is drained this long at most
+                          # after the response (aiohttp's lingering close, default 10 s)
+                          lingering_time=self._gate.limits.header_timeout_s,
                           max_line_size=MAX_LINE_BYTES, max_field_size=MAX_LINE_BYTES,
                           max_headers=MAX_HEADERS)

@@ -104,7 +104,8 @@ class CacheNode:
 
     async def _start_http(self) -> None:
         admin = Admin(self.config.node_id, self.service, self.store, self.metrics)
-        api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view, admin)
+        api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view, admin,
+                      body_timeout_s=self.config.header_timeout_s)
         self.limits = node_limits(self.config)
         gate = Gate(self.limits, self.metrics)
         runner = NodeRunner(api.app(), gate, SHUTDOWN_GRACE_S)

@@ -165,6 +165,18 @@ def test_kept_alive_connection_idles_until_the_idle_timeout(node: NodeProcess) -
     assert status_and_doc(slow.data)[0] == 408  # timed from the next request's first byte
 
 
+def test_trickled_admin_body_gets_408_within_the_header_timeout(node: NodeProcess) -> None:
+    s = connect(node.http_port)
+    body = json.dumps({"bucket": "conn", "prefix": "nothing/"}).encode()
+    s.sendall(b"POST /_evict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(body))  # the head at once, the body slowly
+    (o,) = watch([s], 2 * HEADER_S + SLACK_S, {s: body}, every_s=0.2)
+    # 408 after the header timeout, closed after draining the body as long again at most
+    assert o.closed_after_s is not None and o.closed_after_s <= 2 * HEADER_S + SLACK_S
+    code, doc = status_and_doc(o.data)
+    assert code == 408 and "request body not complete" in doc["reason"]
+
+
 MALFORMED = [
     (b"GARBAGE\r\n\r\n", 400, "Invalid method"),
     (b"GET /conn/k.bin HTTP/2.0\r\nHost: x\r\n\r\n", 505, "HTTP/2.0 is not supported"),
