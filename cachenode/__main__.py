@@ -39,11 +39,20 @@ def tune_malloc() -> None:
         pass  # not glibc: keep its defaults
 
 
-def raise_fd_limit() -> None:
-    """Raise the soft open-files limit to the hard one: each response holds a few fds."""
+def raise_fd_limit() -> str:
+    """Raise the soft open-files limit to the hard one (each connection holds fds); say how.
+
+    A hard limit of "unlimited" (not on Linux, where it is at most fs.nr_open) is left alone,
+    and a refused raise keeps the soft limit: the connection caps follow whatever it is.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
+    if soft >= hard or hard == resource.RLIM_INFINITY:
+        return f"open-files limit {soft} (hard limit {hard})"
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError) as e:
+        return f"open-files limit {soft}: could not raise it to the hard limit {hard}: {e}"
+    return f"open-files limit raised from {soft} to the hard limit {hard}"
 
 
 async def serve(config: NodeConfig) -> None:
@@ -65,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cachenode: invalid configuration: {e}", file=sys.stderr)
         return 2
     tune_malloc()
-    raise_fd_limit()
+    fd_limit = raise_fd_limit()
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cachenode").info("%s", fd_limit)
     try:
         uvloop.run(serve(config))
     except (OSError, CacheError, MembershipError) as e:

@@ -11,6 +11,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+from cachenode.names import KEY_POLICIES
+
 ENV_PREFIX = "CACHENODE_"
 MAX_WEIGHT = 10_000  # x 3 virtual nodes each: ring builds stay fast
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
@@ -130,6 +132,25 @@ class NodeConfig:
         "CRC-32C in the background (e.g. 32MiB; 0 = no scrub)", parse_size))
     fsync: bool = field(default=False, metadata=_opt(
         "--fsync", "fsync each block before it becomes visible (survives power loss)", _bool))
+    origin_keys: str = field(default="strict", metadata=_opt(
+        "--origin-keys", "strict: refuse (400) keys an origin that stores keys as paths "
+        "would read as another key or cannot hold (empty segments as in a//b, a leading or "
+        "trailing '/', a backslash, a segment over 255 bytes; SeaweedFS); verbatim: pass "
+        "every key as is (AWS S3 keeps them distinct)",
+        str.lower))
+    header_timeout_s: float = field(default=10.0, metadata=_opt(
+        "--header-timeout", "a request head (request line and headers) must arrive within "
+        "this, counted from the accept or from the first byte of a kept-alive connection's "
+        "next request; else 408 and the connection is closed (also the time a /_warm or "
+        "/_evict body may take; gRPC: the HTTP/2 handshake)",
+        parse_duration))
+    idle_timeout_s: float = field(default=75.0, metadata=_opt(
+        "--idle-timeout", "a kept-alive connection with no request in flight is closed after "
+        "this (HTTP keep-alive, gRPC max connection idle)", parse_duration))
+    max_connections: int = field(default=0, metadata=_opt(
+        "--max-connections", "open HTTP connections at most; one more is answered 503 with "
+        "Retry-After and closed; 0 = derived from the open-files limit (RLIMIT_NOFILE), "
+        "leaving fds for block files, origin and peer connections", int))
     etcd_endpoints: tuple[str, ...] = field(default=(), metadata=_opt(
         "--etcd", "etcd URL(s), comma-separated, to join a cache group; empty = run alone",
         _urls))
@@ -179,7 +200,7 @@ class NodeConfig:
         if self.memory_budget_bytes < bs:
             raise ConfigError(f"--memory-budget {self.memory_budget_bytes} must hold a block")
         for name in ("fill_timeout_s", "origin_connect_timeout_s", "origin_read_timeout_s",
-                     "send_timeout_s"):
+                     "send_timeout_s", "header_timeout_s", "idle_timeout_s"):
             if getattr(self, name) <= 0:
                 flag = "--" + name.removesuffix("_s").replace("_", "-")
                 raise ConfigError(f"{flag} must be more than 0")
@@ -193,6 +214,10 @@ class NodeConfig:
             raise ConfigError("--etcd-connect-timeout must be more than 0")
         if self.lease_ttl_s < 2:
             raise ConfigError("--lease-ttl must be at least 2s")
+        if self.max_connections < 0:
+            raise ConfigError("--max-connections must not be negative (0 = from the fd limit)")
+        if self.origin_keys not in KEY_POLICIES:
+            raise ConfigError(f"--origin-keys {self.origin_keys!r} is not strict or verbatim")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"--log-level {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 

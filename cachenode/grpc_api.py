@@ -26,6 +26,7 @@ from cachenode.errors import (
     RangeNotSatisfiable,
     StoreFull,
 )
+from cachenode.http_limits import ConnectionLimits
 from cachenode.metrics import NodeMetrics
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
@@ -34,6 +35,8 @@ from cachenode.service import BlockService, Chunk, MemChunk
 from cachenode.singleflight import FlightCancelled
 
 CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
+MAX_REQUEST_BYTES = 64 * 1024  # a request names one object: keys are at most 1 KiB
+MAX_STREAMS_PER_CONNECTION = 128
 GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
     MalformedRange: grpc.StatusCode.INVALID_ARGUMENT,
@@ -164,16 +167,38 @@ async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics) -> AsyncIterator[byte
         chunk.close()
 
 
-async def start_grpc_server(service: BlockService, metrics: NodeMetrics,
-                            addr: tuple[str, int]) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server on host:port and return it with the bound port."""
-    server = grpc.aio.server(options=[
+def server_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
+    """Return the gRPC core server options: message sizes, pings and connection bounds."""
+    return [
         ("grpc.so_reuseport", 0),
         ("grpc.max_send_message_length", 8 * 1024 * 1024),
+        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),  # default 4 MiB
         # peers ping every 5s to notice a hung node; allow it (the default bound is 5 min)
         ("grpc.http2.min_ping_interval_without_data_ms", 4000),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 4000),
-    ])
+        # A connection must finish its HTTP/2 handshake (preface and SETTINGS) within the
+        # header timeout (default 120 s), is closed (GOAWAY) after the idle timeout with no
+        # call (default: never), and beyond the cap new ones are closed at once.
+        ("grpc.server_handshake_timeout_ms", int(limits.header_timeout_s * 1000)),
+        ("grpc.max_connection_idle_ms", int(limits.idle_timeout_s * 1000)),
+        ("grpc.max_allowed_incoming_connections", limits.grpc_connections),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),  # default unbounded
+        # Ping a client with calls in flight after a minute of silence (default 2 h), so a
+        # dead one is noticed and its calls cancelled.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+    ]
+
+
+async def start_grpc_server(service: BlockService, metrics: NodeMetrics, addr: tuple[str, int],
+                            limits: ConnectionLimits) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server on host:port and return it with the bound port.
+
+    Calls beyond one per allowed HTTP connection get RESOURCE_EXHAUSTED (each holds up to
+    read-ahead + 1 blocks, as an HTTP response does).
+    """
+    server = grpc.aio.server(options=server_options(limits),
+                             maximum_concurrent_rpcs=limits.http_connections)
     pb_grpc.add_BlockCacheServicer_to_server(
         BlockCacheServicer(service, metrics, service.block_size), server)
     host, port = addr

@@ -36,10 +36,11 @@ from cachenode.errors import (
     StoreFull,
 )
 from cachenode.metrics import NodeMetrics
+from cachenode.names import validate_name
 from cachenode.peers_http import CACHED_ONLY, CRC, EPOCH, HOPS, SIZE
 from cachenode.ranges import Span, parse_range
 from cachenode.sendfile import ReaderStalled, SocketSender
-from cachenode.service import BlockService, Chunk, FileChunk, MemChunk, validate_name
+from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
 from cachenode.singleflight import FlightCancelled
 from cachenode.warm import MAX_BODY_BYTES, Admin
 
@@ -160,9 +161,10 @@ class HttpApi:
     def __init__(self, service: BlockService, metrics: NodeMetrics,
                  ready: Callable[[], str | None],
                  ring_view: Callable[[], dict[str, Any]] | None = None,
-                 admin: Admin | None = None) -> None:
+                 admin: Admin | None = None, body_timeout_s: float = 10.0) -> None:
         self._service, self._metrics, self._ready = service, metrics, ready
         self._ring_view, self._admin = ring_view, admin
+        self._body_timeout_s = body_timeout_s  # an admin body must arrive within this
 
     def app(self) -> web.Application:
         """Return the aiohttp application."""
@@ -235,9 +237,16 @@ class HttpApi:
             if problem:
                 raise NotReady(problem)
             try:
-                body = await request.read()  # at most client_max_size bytes
+                async with asyncio.timeout(self._body_timeout_s):  # no trickled bodies
+                    body = await request.read()  # at most client_max_size bytes
             except web.HTTPRequestEntityTooLarge:
                 raise PayloadTooLarge(request.client_max_size) from None
+            except TimeoutError:
+                resp = web.json_response({"error": "RequestTimeout", "reason": (
+                    f"request body not complete within {self._body_timeout_s:g}s "
+                    "(--header-timeout)")}, status=408, headers={"Connection": "close"})
+                resp.force_close()
+                return resp
             run = self._admin.warm_json if request.path == "/_warm" else self._admin.evict_json
             return web.json_response(await run(body))
         except CacheError as e:
@@ -342,7 +351,7 @@ class HttpApi:
         size = request.headers.get(SIZE, "")
         trusted = None
         if hops and want not in ("", "*") and size.isdigit() and len(size) < 20:
-            validate_name(bucket, key)
+            validate_name(bucket, key, self._service.key_policy)
             trusted = ObjectMeta(bucket, key, int(size), want)
             _check_one_block(request.headers.get("Range"), trusted, self._service.block_size)
             if cached_only:

@@ -18,6 +18,16 @@ class NodeMetrics:
                                 ["api", "status"], registry=r)
         self.request_seconds = Histogram(p + "request_seconds", "Time to serve a request",
                                          ["api"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.http_connections = Gauge(p + "http_connections",
+                                      "Open HTTP connections (admitted under the cap)",
+                                      registry=r)
+        self.http_refused = Counter(p + "http_connections_refused",
+                                    "HTTP connections over --max-connections, answered 503",
+                                    registry=r)
+        self.http_header_timeouts = Counter(p + "http_header_timeouts",
+                                            "HTTP connections closed because a request head "
+                                            "did not arrive within --header-timeout",
+                                            registry=r)
         self.hits = Counter(p + "block_hits", "Block reads served from local disk", registry=r)
         self.misses = Counter(p + "block_misses", "Block reads not found on local disk",
                               registry=r)

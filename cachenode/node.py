@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import socket
 import time
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from aiohttp import web
 from cachenode.config import NodeConfig
 from cachenode.fill import Filler
 from cachenode.http_api import HttpApi
+from cachenode.http_limits import ConnectionLimits, derive_limits
+from cachenode.http_server import Gate, NodeRunner
 from cachenode.metrics import NodeMetrics
 from cachenode.origin_s3 import S3Origin
 from cachenode.peers_http import HttpPeerClient
@@ -52,6 +55,7 @@ class CacheNode:
                              config.peer_memory_blocks)
         self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router)
         self.membership: Membership | None = None
+        self.limits: ConnectionLimits | None = None  # set at start, from the fd limit
         self._stack = AsyncExitStack()
         self.http_port = 0
         self.grpc_port = 0
@@ -105,13 +109,13 @@ class CacheNode:
 
     async def _start_http(self) -> None:
         admin = Admin(self.config.node_id, self.service, self.store, self.metrics)
-        api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view, admin)
-        # handler_cancellation: a reader that disconnects cancels its handler, and with it
-        # the fills and peer reads only it was waiting for (single flights cancel abandoned
-        # calls), instead of holding fill and peer-read slots until they finish.
-        runner = web.AppRunner(api.app(), access_log=None, handler_cancellation=True,
-                               shutdown_timeout=SHUTDOWN_GRACE_S)
+        api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view, admin,
+                      body_timeout_s=self.config.header_timeout_s)
+        self.limits = node_limits(self.config)
+        gate = Gate(self.limits, self.metrics)
+        runner = NodeRunner(api.app(), gate, SHUTDOWN_GRACE_S)
         await runner.setup()
+        self._stack.callback(gate.close)  # after the runner's cleanup (stack order)
         self._stack.push_async_callback(runner.cleanup)
         host, port = self.config.http_addr
         site = web.TCPSite(runner, host, port, backlog=1024)
@@ -179,8 +183,9 @@ class CacheNode:
     async def _start_grpc(self) -> None:
         from cachenode.grpc_api import start_grpc_server  # grpc stays out of pure imports
 
+        assert self.limits is not None  # set by _start_http, which runs first
         server, self.grpc_port = await start_grpc_server(self.service, self.metrics,
-                                                         self.config.grpc_addr)
+                                                         self.config.grpc_addr, self.limits)
 
         async def stop() -> None:
             await server.stop(SHUTDOWN_GRACE_S)
@@ -197,3 +202,22 @@ class CacheNode:
             except Exception as e:
                 log.warning("could not mark %s draining: %s", self.config.node_id, e)
         await self._stack.aclose()
+
+
+def node_limits(config: NodeConfig) -> ConnectionLimits:
+    """Return the connection caps and deadlines for this process's open-files limit; log them."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limits = derive_limits(nofile, max_connections=config.max_connections,
+                           max_concurrent_fills=config.max_concurrent_fills,
+                           grouped=bool(config.etcd_endpoints),
+                           header_timeout_s=config.header_timeout_s,
+                           idle_timeout_s=config.idle_timeout_s)
+    log.info("connections: HTTP at most %d, gRPC at most %d; request heads within %gs, idle "
+             "ones closed after %gs; open-files limit %d, %d fds kept for the node's own use",
+             limits.http_connections, limits.grpc_connections, limits.header_timeout_s,
+             limits.idle_timeout_s, nofile, limits.reserve_fds)
+    if limits.fds_needed > nofile:
+        log.warning("open-files limit %d is below the %d fds these connection caps can take: "
+                    "raise it (ulimit -n) or lower --max-connections, else new connections "
+                    "fail with resets", nofile, limits.fds_needed)
+    return limits

@@ -22,13 +22,13 @@ from cachenode.errors import (
 )
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
+from cachenode.names import validate_name, validate_prefix
 from cachenode.ports import Origin
 from cachenode.routing import Fetched, Router
 from cachenode.singleflight import SingleFlight
 from cachenode.store.disk import OpenBlock
 
 log = logging.getLogger(__name__)
-MAX_KEY_BYTES = 1024
 METADATA_CACHE_ENTRIES = 100_000
 STALE_RETRY_S = 1.0  # origin down: reuse the last known metadata this long before asking again
 
@@ -58,19 +58,6 @@ class MemChunk:
 Chunk = FileChunk | MemChunk
 
 
-def validate_name(bucket: str, key: str) -> None:
-    """Raise BadRequest unless bucket and key are a plausible, safe S3 object name."""
-    if not (3 <= len(bucket) <= 63) or not all(c.isascii() and (c.isalnum() or c in ".-_")
-                                                for c in bucket):
-        raise BadRequest(f"invalid bucket name {bucket[:80]!r}")
-    if not key:
-        raise BadRequest("missing object key: use /<bucket>/<key>")
-    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-        raise BadRequest(f"object key longer than {MAX_KEY_BYTES} bytes")
-    if "\x00" in key or any(seg in (".", "..") for seg in key.split("/")):
-        raise BadRequest("object key contains '.' or '..' segments or NUL")
-
-
 class BlockService:
     """Stat objects (short-TTL metadata cache) and stream byte ranges block by block."""
 
@@ -83,6 +70,7 @@ class BlockService:
         self.block_size = config.block_size_bytes
         self.budget = MemoryBudget(config.memory_budget_bytes, config.send_timeout_s)
         self.send_timeout_s = config.send_timeout_s
+        self.key_policy = config.origin_keys  # cachenode/names.py: which keys are refused
 
     async def close(self) -> None:
         """Cancel metadata lookups in flight."""
@@ -90,7 +78,7 @@ class BlockService:
 
     async def stat(self, bucket: str, key: str) -> ObjectMeta:
         """Return the object's metadata, from cache if younger than the metadata TTL."""
-        validate_name(bucket, key)
+        validate_name(bucket, key, self.key_policy)
         now = time.monotonic()
         cached = self._meta.get((bucket, key))
         if cached and cached[0] > now:
@@ -113,9 +101,7 @@ class BlockService:
     async def list_page(self, bucket: str, prefix: str, token: str = "",
                         limit: int = 1000) -> tuple[list[ObjectMeta], str]:
         """Return one page of the objects under `prefix` (from origin) and the next token."""
-        validate_name(bucket, "x")
-        if len(prefix.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
-            raise BadRequest(f"prefix longer than {MAX_KEY_BYTES} bytes")
+        validate_prefix(bucket, prefix, self.key_policy)
         if not 1 <= limit <= 1000:
             raise BadRequest("max-keys must be between 1 and 1000")
         return await self._origin.list_page(bucket, prefix, token, limit)

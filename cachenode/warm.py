@@ -17,7 +17,8 @@ from typing import Any
 from cachenode.blocks import BlockRef, ObjectMeta, block_count
 from cachenode.errors import BadRequest, CacheError, DiskUnavailable, ObjectChanged
 from cachenode.metrics import NodeMetrics
-from cachenode.service import MAX_KEY_BYTES, BlockService, validate_name
+from cachenode.names import validate_name, validate_prefix
+from cachenode.service import BlockService
 from cachenode.store.disk import DiskStore
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,13 @@ def _field(doc: dict[str, Any], name: str, kinds: tuple[type, ...], where: str,
     return value
 
 
-def _object(obj: object, where: str) -> tuple[ObjectMeta, list[Any]]:
+def _object(obj: object, where: str, policy: str) -> tuple[ObjectMeta, list[Any]]:
     """Return the object version one entry of "objects" names, and its raw indices."""
     if not isinstance(obj, dict):
         raise BadRequest(f"{where}must be a JSON object")
     bucket, key = _field(obj, "bucket", (str,), where), _field(obj, "key", (str,), where)
     try:
-        validate_name(bucket, key)
+        validate_name(bucket, key, policy)
     except BadRequest as e:
         raise BadRequest(where + e.reason) from None
     etag = _field(obj, "etag", (str,), where)
@@ -109,7 +110,7 @@ def _object(obj: object, where: str) -> tuple[ObjectMeta, list[Any]]:
     return ObjectMeta(bucket, key, size, etag, float(modified)), indices
 
 
-def parse_warm(doc: dict[str, Any], block_size: int) -> WarmRequest:
+def parse_warm(doc: dict[str, Any], block_size: int, policy: str = "strict") -> WarmRequest:
     """Return the blocks a warm request names, or raise BadRequest with the reason."""
     asked = _field(doc, "block_size", (int,), "")
     if asked != block_size:
@@ -118,7 +119,7 @@ def parse_warm(doc: dict[str, Any], block_size: int) -> WarmRequest:
     refs: list[BlockRef] = []
     for n, obj in enumerate(_field(doc, "objects", (list,), "")):
         where = f"objects[{n}]: "
-        meta, indices = _object(obj, where)
+        meta, indices = _object(obj, where, policy)
         count = block_count(meta.size, block_size)
         for i in indices:
             if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < count:
@@ -130,14 +131,12 @@ def parse_warm(doc: dict[str, Any], block_size: int) -> WarmRequest:
     return WarmRequest(refs, verify)
 
 
-def parse_evict(doc: dict[str, Any]) -> tuple[str, str]:
+def parse_evict(doc: dict[str, Any], policy: str = "strict") -> tuple[str, str]:
     """Return the (bucket, key prefix) an evict request names, or raise BadRequest."""
     bucket, prefix = _field(doc, "bucket", (str,), ""), _field(doc, "prefix", (str,), "")
-    validate_name(bucket, "x")
+    validate_prefix(bucket, prefix, policy)
     if not prefix:
         raise BadRequest("prefix must not be empty (a whole bucket is not evicted)")
-    if len(prefix.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES or "\x00" in prefix:
-        raise BadRequest(f"prefix must be at most {MAX_KEY_BYTES} bytes, without NUL")
     return bucket, prefix
 
 
@@ -151,7 +150,7 @@ class Admin:
 
     async def warm_json(self, body: bytes) -> dict[str, Any]:
         """Answer a POST /_warm body (see parse_warm) with one result per block."""
-        req = parse_warm(parse_json(body), self._filler.block_size)
+        req = parse_warm(parse_json(body), self._filler.block_size, self._service.key_policy)
         results = await self.warm(await self.own_versions(req.refs), req.verify)
         failed = [r for r in results if r.status == "failed"]
         if failed:
@@ -162,7 +161,7 @@ class Admin:
 
     async def evict_json(self, body: bytes) -> dict[str, Any]:
         """Answer a POST /_evict body (see parse_evict) with the blocks and bytes deleted."""
-        bucket, prefix = parse_evict(parse_json(body))
+        bucket, prefix = parse_evict(parse_json(body), self._service.key_policy)
         blocks, nbytes = await self.evict_prefix(bucket, prefix)
         log.info("evicted %d blocks (%d bytes) under s3://%s/%s", blocks, nbytes, bucket, prefix)
         return {"node": self.node_id, "blocks": blocks, "bytes": nbytes}

@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,11 @@ class NodeProcess(ChildProcess):
 
     name = "cachenode"
 
-    def __init__(self, data_dir: Path, origin_env: Mapping[str, str], *args: str) -> None:
+    def __init__(self, data_dir: Path, origin_env: Mapping[str, str], *args: str,
+                 wrapper: Sequence[str] = ()) -> None:
+        """Describe a node; `wrapper` runs it, e.g. ["prlimit", "--nofile=256:256", "--"]."""
         self.data_dir, self.origin_env, self.args = Path(data_dir), dict(origin_env), list(args)
+        self.wrapper = list(wrapper)
         self.http_port, self.grpc_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
@@ -45,7 +48,7 @@ class NodeProcess(ChildProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [CACHENODE, "--data-dir", str(self.data_dir), "--http",
+                [*self.wrapper, CACHENODE, "--data-dir", str(self.data_dir), "--http",
                  f"127.0.0.1:{self.http_port}", "--grpc", f"127.0.0.1:{self.grpc_port}",
                  *self.args],
                 env={**os.environ, **self.origin_env}, stdout=log, stderr=subprocess.STDOUT,

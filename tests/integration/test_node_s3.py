@@ -256,6 +256,13 @@ def raw_request(port: int, line: str) -> tuple[int, bytes]:
     ("GET /exact/no/such/key HTTP/1.1", 404),
     ("GET /ex HTTP/1.1", 400),
     ("GET /exact/%ff%fe HTTP/1.1", 400),
+    ("GET /exact/sizes/%ZZ HTTP/1.1", 400),  # was sent to the origin as the key '%ZZ'
+    ("GET /exact/sizes\\one.bin HTTP/1.1", 400),  # SeaweedFS reads a backslash as '/': was served
+    ("GET /exact/sizes/..\\..\\x HTTP/1.1", 400),  # SeaweedFS: '..' segments, was a 502
+    ("GET /exact/sizes//one.bin HTTP/1.1", 400),  # SeaweedFS: sizes/one.bin, new block ids
+    ("GET /exact//sizes/one.bin HTTP/1.1", 400),
+    ("GET /exact/sizes/ HTTP/1.1", 400),  # SeaweedFS: a directory, 200 with an empty body
+    ("GET /exact/sizes/one.bin HTTP/2.0", 505),  # was answered as HTTP/2.0 200
 ])
 def test_bad_paths_get_a_clear_4xx(node: NodeProcess, objects: dict[str, bytes], line: str,
                                    status: int) -> None:

@@ -97,6 +97,16 @@ def test_flags_parse_every_kind() -> None:
     assert cfg.fsync is True and cfg.max_concurrent_fills == 3 and cfg.log_level == "DEBUG"
 
 
+def test_connection_and_key_options() -> None:
+    cfg = NodeConfig.from_args([], env={})
+    assert cfg.origin_keys == "strict" and cfg.max_connections == 0
+    assert cfg.header_timeout_s == 10.0 and cfg.idle_timeout_s == 75.0
+    cfg = NodeConfig.from_args(["--origin-keys", "Verbatim", "--header-timeout", "500ms",
+                                "--idle-timeout", "2m", "--max-connections", "300"], env={})
+    assert cfg.origin_keys == "verbatim" and cfg.max_connections == 300
+    assert cfg.header_timeout_s == pytest.approx(0.5) and cfg.idle_timeout_s == 120.0
+
+
 def test_env_fallback() -> None:
     cfg = NodeConfig.from_args([], env={"CACHENODE_CAPACITY": "2GiB",
                                         "CACHENODE_METADATA_TTL": "3s",
@@ -146,6 +156,10 @@ def test_flag_overrides_invalid_env() -> None:
         (["--readahead", "65"], {}, "--readahead"),
         (["--fsync", "maybe"], {}, "--fsync"),
         (["--log-level", "loud"], {}, "--log-level"),
+        (["--origin-keys", "lenient"], {}, "--origin-keys"),
+        (["--header-timeout", "0s"], {}, "--header-timeout"),
+        ([], {"CACHENODE_IDLE_TIMEOUT": "soon"}, "CACHENODE_IDLE_TIMEOUT"),
+        (["--max-connections", "-1"], {}, "--max-connections"),
     ],
 )
 def test_invalid_values_name_the_option(argv: list[str], env: dict[str, str],
@@ -182,7 +196,8 @@ def test_help_mentions_every_flag() -> None:
     assert proc.returncode == 0, proc.stderr
     for flag in ("--data-dir", "--capacity", "--block-size", "--http", "--grpc",
                  "--metadata-ttl", "--origin-endpoint", "--max-concurrent-fills",
-                 "--fill-timeout", "--readahead"):
+                 "--fill-timeout", "--readahead", "--origin-keys", "--header-timeout",
+                 "--idle-timeout", "--max-connections"):
         assert flag in proc.stdout, flag
     assert "CACHENODE_CAPACITY" in proc.stdout and "AWS_ENDPOINT_URL" in proc.stdout
 
