@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -15,23 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cachenode.blocks import BlockRef
-from cachenode.errors import CacheError, DiskUnavailable, Overloaded, StoreFull
+from cachenode.errors import DiskUnavailable, StoreFull
 from cachenode.metrics import NodeMetrics
 from cachenode.store.eviction import LruPolicy
+from cachenode.store.health import DiskHealth
 from cachenode.store.index import BlockIndex, IndexEntry
+from cachenode.store.repair import checked_entries, lock_data_dir, remove_strays
 
 log = logging.getLogger(__name__)
 ATIME_PERSIST_S = 60.0  # persist a hit's access time at most this often per block
-RETRY_FAILED_DISK_S = 30.0  # a failed store tries the disk again after this long
-_BUSY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}  # the process, not the disk
-
-
-class DataDirInUse(CacheError):
-    """Another cachenode process already uses this data directory."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.reason = f"data dir {root} is in use by another cachenode process"
 
 
 @dataclass(slots=True)
@@ -64,9 +55,17 @@ class DiskStore:
         self._lru = LruPolicy()  # committed blocks; guarded by the event loop
         self._reserved = 0  # bytes promised to fills in progress
         self._index: BlockIndex | None = None
-        self.failed: str | None = None  # set when the disk fails; the store stops serving
-        self._failed_at = 0.0
+        self.health = DiskHealth(self.root, lambda: None)
         self._lock_fd = -1
+
+    @property
+    def failed(self) -> str | None:
+        """Return why the disk is out of rotation, or None while it serves."""
+        return self.health.failed
+
+    @failed.setter
+    def failed(self, why: str | None) -> None:
+        self.health.failed = why
 
     @property
     def used_bytes(self) -> int:
@@ -81,30 +80,13 @@ class DiskStore:
     def open(self) -> None:
         """Open the index and reconcile it with the files (a crash may leave either behind)."""
         self._blocks.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-            raise DataDirInUse(self.root) from None
+        self._lock_fd = lock_data_dir(self.root)
         shutil.rmtree(self._tmp, ignore_errors=True)  # unfinished fills are never served
         self._tmp.mkdir(parents=True)
         self._index = BlockIndex(self.root / "index")
-        entries, dropped = [], 0
-        for e in self._index.entries():
-            try:
-                ok = os.stat(self._path(e.block_id)).st_size == e.size
-            except FileNotFoundError:
-                ok = False
-            if ok:
-                entries.append(e)
-            else:
-                self._index.delete(e)
-                dropped += 1
+        entries, dropped = checked_entries(self._index, self._path)
         self._metrics.corrupt_blocks.inc(dropped)  # file and index disagreed, as in open_block
-        known = {e.block_id for e in entries}
-        strays = self._remove_strays(known)
+        strays = remove_strays(self._blocks, {e.block_id for e in entries})
         for e in sorted(entries, key=lambda e: e.atime):
             self._lru.add(e.block_id, e.size)
         log.info("block store %s: %d blocks, %d bytes; dropped %d index entries without files, "
@@ -122,15 +104,6 @@ class DiskStore:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
-    def _remove_strays(self, known: set[str]) -> int:
-        removed = 0
-        for dirpath, _dirs, files in os.walk(self._blocks):
-            for name in files:
-                if name not in known:
-                    os.unlink(os.path.join(dirpath, name))
-                    removed += 1
-        return removed
-
     def _path(self, block_id: str) -> Path:
         return self._blocks / block_id[:2] / block_id[2:4] / block_id
 
@@ -143,7 +116,7 @@ class DiskStore:
 
         A hit counts as a use: the block becomes the most recently used.
         """
-        if not self._usable() or block_id not in self._lru:
+        if not self.health.usable() or block_id not in self._lru:
             return False
         e = self.entry(block_id)
         if e is None or e.size != size:
@@ -157,7 +130,7 @@ class DiskStore:
         A block whose file is missing or whose size differs from the index (or from
         `expected_size`) is dropped and is a miss.
         """
-        if not self._usable() or block_id not in self._lru:
+        if not self.health.usable() or block_id not in self._lru:
             return None
         e = self.entry(block_id)
         if e is None:
@@ -172,7 +145,7 @@ class DiskStore:
             self._drop(e, "file missing")
             return None
         except OSError as err:
-            self._os_error(f"open {block_id}", err)
+            self.health.os_error(f"open {block_id}", err)
             return None
         if os.fstat(fd).st_size != e.size:
             os.close(fd)
@@ -187,7 +160,7 @@ class DiskStore:
 
     async def put(self, ref: BlockRef, data: bytes) -> None:
         """Store a filled block: reserve space, write a temp file, rename, then index it."""
-        if not self._usable():
+        if not self.health.usable():
             raise DiskUnavailable(self.failed or "")
         bid, size = ref.block_id, len(data)
         if bid in self._lru:
@@ -201,7 +174,7 @@ class DiskStore:
         except OSError as err:
             if err.errno == errno.ENOSPC:
                 raise StoreFull(size, self.capacity) from err  # disk shared or mis-sized
-            self._os_error(f"write {bid}", err)
+            self.health.os_error(f"write {bid}", err)
             raise DiskUnavailable(str(err)) from err
         finally:
             self._reserved -= size
@@ -275,26 +248,6 @@ class DiskStore:
     def _index_put(self, e: IndexEntry) -> None:
         assert self._index is not None, "store is not open"
         self._index.put(e)
-
-    def _os_error(self, what: str, err: OSError) -> None:
-        """Take the disk out of rotation, unless the process (not the disk) is short of fds."""
-        if err.errno in _BUSY:
-            raise Overloaded(f"{what}: {err}") from err
-        self._fail(f"{what}: {err}")
-
-    def _fail(self, why: str) -> None:
-        if not self.failed:
-            log.error("block store %s taken out of rotation for %.0fs: %s", self.root,
-                      RETRY_FAILED_DISK_S, why)
-        self.failed, self._failed_at = why, time.monotonic()
-
-    def _usable(self) -> bool:
-        """Return whether the store serves; a failed one tries again after a while."""
-        if self.failed and time.monotonic() - self._failed_at > RETRY_FAILED_DISK_S:
-            log.warning("block store %s: trying the disk again after: %s", self.root,
-                        self.failed)
-            self.failed = None
-        return self.failed is None
 
     def _update_gauges(self) -> None:
         self._metrics.store_bytes.set(self._lru.total)
