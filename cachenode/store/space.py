@@ -87,4 +87,4 @@ class StoreSpace:
     def disk_full(self, committed: int, needed: int) -> str:
         """Return why `needed` more bytes do not fit on the disk: path, free bytes and floor."""
         return (f"disk full at {self.path}: {self.free_now(committed)} bytes free, floor "
-                f"{self.floor_bytes}, no room for {needed} more bytes")
+                f"{self.floor_bytes}: no room for {needed} more bytes above the floor")

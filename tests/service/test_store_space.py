@@ -166,8 +166,8 @@ async def test_enospc_with_nothing_to_evict_names_the_disk_and_clears_when_room_
     r = ref("a")
     with pytest.raises(StoreFull) as info:
         await store.put(r, payload(r))
-    assert str(info.value) == (f"disk full at {store.root}: 0 bytes free, floor {BS // 2}, "
-                               f"no room for {BS} more bytes")
+    assert str(info.value) == (f"disk full at {store.root}: 0 bytes free, floor {BS // 2}: "
+                               f"no room for {BS} more bytes above the floor")
     assert metrics.value("blockcache_store_enospc_total") == 1 and disk.writes == 1
     assert temp_files(store.root) == [] and store.space.reserved == 0
     assert store.disk_trouble(BS) == str(info.value)
@@ -201,8 +201,8 @@ async def test_another_writer_crossing_the_floor_evicts_at_the_next_look(
         if trouble is not None:
             break
     assert store.block_count == 0  # evicted down to nothing, and still no room for a block
-    assert trouble == (f"disk full at {store.root}: {BS} bytes free, floor {BS // 2}, "
-                       f"no room for {BS} more bytes")
+    assert trouble == (f"disk full at {store.root}: {BS} bytes free, floor {BS // 2}: "
+                       f"no room for {BS} more bytes above the floor")
 
 
 @pytest.mark.asyncio
