@@ -34,6 +34,14 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * _UNITS[unit])
 
 
+def format_size(n: int) -> str:
+    """Return a byte count as parse_size reads it back, in the largest exact binary unit."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        if n and n % _UNITS[unit.lower()] == 0:
+            return f"{n // _UNITS[unit.lower()]}{unit}"
+    return str(n)
+
+
 def parse_duration(text: str) -> float:
     """Return the seconds of a duration such as '10s', '500ms', '2m' or '1.5'."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
@@ -41,6 +49,47 @@ def parse_duration(text: str) -> float:
     if m is None or unit not in _DURATIONS:
         raise ConfigError(f"{text!r} is not a duration (examples: 10s, 500ms, 2m)")
     return float(m.group(1)) * _DURATIONS[unit]
+
+
+@dataclass(frozen=True)
+class FreeFloor:
+    """Free space the data dir's filesystem keeps: a share of its size and/or bytes, the lesser."""
+
+    percent: float | None = None
+    bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        """Reject a share outside 0-90% or a negative size."""
+        if self.percent is not None and not 0 <= self.percent <= 90:
+            raise ConfigError(f"--min-free-disk {self.percent:g}% must be between 0% and 90%")
+        if self.bytes is not None and self.bytes < 0:
+            raise ConfigError("--min-free-disk must not be negative")
+
+    def resolve(self, total_bytes: int) -> int:
+        """Return the floor in bytes on a filesystem of `total_bytes`."""
+        parts = [] if self.percent is None else [int(total_bytes * self.percent / 100)]
+        parts += [] if self.bytes is None else [self.bytes]
+        return min(parts, default=0)
+
+    def __str__(self) -> str:
+        parts = [] if self.percent is None else [f"{self.percent:g}%"]
+        return ",".join(parts + ([] if self.bytes is None else [format_size(self.bytes)]))
+
+
+def parse_free_floor(text: str) -> FreeFloor:
+    """Return the floor of '5%', '1GiB' or '5%,1GiB' (whichever is smaller on the disk)."""
+    percent: float | None = None
+    size: int | None = None
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*", part)
+        if m is not None and percent is None:
+            percent = float(m.group(1))
+        elif m is None and size is None:
+            size = parse_size(part)
+        else:
+            raise ConfigError(f"{text!r} is not a free-space floor (examples: 5%, 1GiB, "
+                              "5%,1GiB)")
+    return FreeFloor(percent, size)
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -87,6 +136,13 @@ class NodeConfig:
         "--data-dir", "directory for block files and the index", Path))
     capacity_bytes: int = field(default=20 * 2**30, metadata=_opt(
         "--capacity", "most bytes of blocks kept on disk (e.g. 20GiB)", parse_size))
+    min_free_disk: FreeFloor = field(default=FreeFloor(5.0, 2**30), metadata=_opt(
+        "--min-free-disk", "free space kept on the data dir's filesystem, as a share of it "
+        "and/or bytes, the lesser (e.g. 5%, 10GiB, 5%,1GiB): blocks are evicted to keep it, "
+        "and the store holds at most min(--capacity, what fits above it)", parse_free_floor))
+    disk_check_interval_s: float = field(default=1.0, metadata=_opt(
+        "--disk-check-interval", "how often fills look at the filesystem's free space "
+        "(statvfs); a full disk (ENOSPC) and /readyz look at once", parse_duration))
     block_size_bytes: int = field(default=4 * 2**20, metadata=_opt(
         "--block-size", "block size (e.g. 4MiB); changing it starts a new set of blocks",
         parse_size))
@@ -190,6 +246,8 @@ class NodeConfig:
             raise ConfigError(f"--block-size {bs} must be between 64KiB and 256MiB")
         if self.capacity_bytes < 2 * bs:
             raise ConfigError(f"--capacity {self.capacity_bytes} must hold at least 2 blocks")
+        if self.disk_check_interval_s <= 0:
+            raise ConfigError("--disk-check-interval must be more than 0")
         for name in ("max_concurrent_fills", "max_waiting_fills", "origin_max_attempts"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -280,6 +338,7 @@ def make_parser(cls: type[Any], prog: str, env_prefix: str,
                 f"{default[0]}:{default[1]}")
         env_name = env_prefix + meta["flag"][2:].replace("-", "_").upper()
         extra = f", or {meta['env']}" if meta["env"] else ""
+        text = f"{meta['help']} [env {env_name}{extra}; default {default}]"
         p.add_argument(meta["flag"], dest=f.name, default=None, metavar=env_name[len(env_prefix):],
-                       help=f"{meta['help']} [env {env_name}{extra}; default {default}]")
+                       help=text.replace("%", "%%"))  # argparse %-formats help
     return p

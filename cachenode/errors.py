@@ -89,11 +89,12 @@ class PreconditionFailed(ObjectChanged):
 
 
 class StoreFull(CacheError):
-    """No space could be freed for a new block (everything is in use)."""
+    """No space could be freed for a new block (everything is in use, or the disk is full)."""
 
-    def __init__(self, needed: int, capacity: int) -> None:
-        super().__init__(needed, capacity)
-        self.reason = f"block store full: cannot free {needed} bytes under capacity {capacity}"
+    def __init__(self, needed: int, capacity: int, why: str = "") -> None:
+        super().__init__(needed, capacity, why)
+        self.reason = why or (f"block store full: cannot free {needed} bytes under capacity "
+                              f"{capacity}")
 
 
 class DiskUnavailable(CacheError):

@@ -70,6 +70,18 @@ class NodeMetrics:
         self.store_blocks = Gauge(p + "store_blocks", "Blocks on local disk", registry=r)
         self.capacity_bytes = Gauge(p + "store_capacity_bytes", "Configured disk capacity",
                                     registry=r)
+        self.effective_capacity = Gauge(p + "store_effective_capacity_bytes",
+                                        "Most bytes of blocks the store holds now: the "
+                                        "configured capacity or what fits above the free-space "
+                                        "floor, the lesser", registry=r)
+        self.disk_free = Gauge(p + "store_disk_free_bytes",
+                               "Free bytes on the data dir's filesystem (statvfs, kept up to "
+                               "date with the store's own writes between looks)", registry=r)
+        self.disk_floor = Gauge(p + "store_disk_floor_bytes",
+                                "Free bytes the store keeps on its filesystem (--min-free-disk)",
+                                registry=r)
+        self.enospc = Counter(p + "store_enospc", "Block or index writes that found the disk "
+                              "full (ENOSPC); each shrinks the store to what fits", registry=r)
         self.fills_in_flight = Gauge(p + "fills_in_flight", "Block fills running or queued",
                                      registry=r)
         self.metadata_lookups = Counter(p + "metadata_lookups",

@@ -27,6 +27,7 @@ from cachenode.routing import Router
 from cachenode.service import BlockService
 from cachenode.store.disk import DiskStore
 from cachenode.store.scrub import Scrubber
+from cachenode.store.space import StoreSpace
 from cachenode.warm import Admin
 
 if TYPE_CHECKING:
@@ -44,8 +45,10 @@ class CacheNode:
     def __init__(self, config: NodeConfig, origin: Origin | None = None) -> None:
         self.config = config
         self.metrics = NodeMetrics()
+        space = StoreSpace(config.data_dir, config.capacity_bytes, config.min_free_disk,
+                           config.disk_check_interval_s)
         self.store = DiskStore(config.data_dir, config.capacity_bytes, self.metrics,
-                               fsync=config.fsync)
+                               fsync=config.fsync, space=space)
         self._s3 = None if origin is not None else S3Origin(config, self.metrics)
         self.origin: Origin = origin if origin is not None else self._s3  # type: ignore[assignment]
         self.filler = Filler(config, self.origin, self.store, self.metrics)
@@ -70,10 +73,14 @@ class CacheNode:
         await self.close()
 
     def readiness(self) -> str | None:
-        """Return why the node is not ready to serve, or None when it is."""
+        """Return why the node is not ready to serve, or None when it is.
+
+        Disk trouble counts: a failed store, or a disk with no room for one block above its
+        free-space floor even after eviction (reads then go to the origin uncached).
+        """
         if not self._serving:
             return "starting or stopping"
-        return self.store.failed
+        return self.store.disk_trouble(self.config.block_size_bytes)
 
     async def start(self) -> None:
         """Open the store, connect the origin and start listening; undo all on failure."""
@@ -105,7 +112,7 @@ class CacheNode:
         log.info("cachenode serving HTTP on %s:%d, gRPC on %s:%d, data in %s (%d blocks, "
                  "%d of %d bytes)", self.config.http_addr[0], self.http_port,
                  self.config.grpc_addr[0], self.grpc_port, self.config.data_dir,
-                 self.store.block_count, self.store.used_bytes, self.store.capacity)
+                 self.store.block_count, self.store.used_bytes, self.store.space.limit)
 
     async def _start_http(self) -> None:
         admin = Admin(self.config.node_id, self.service, self.store, self.metrics)

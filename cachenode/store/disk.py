@@ -1,10 +1,14 @@
-"""Block files on local disk: write temp, rename, then index; capacity kept by LRU eviction."""
+"""Block files on local disk: write temp, rename, then index; capacity kept by LRU eviction.
+
+The capacity is the configured one or what fits on the filesystem above its free-space floor
+(store/space.py), the lesser: a disk filled by others, or an ENOSPC, shrinks the store.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
-import fcntl
 import logging
 import os
 import shutil
@@ -15,23 +19,17 @@ from pathlib import Path
 
 from cachenode.blocks import BlockRef
 from cachenode.checksum import crc32c, file_crc32c
-from cachenode.errors import CacheError, DiskUnavailable, Overloaded, StoreFull
+from cachenode.errors import CacheError, DiskUnavailable, StoreFull
 from cachenode.metrics import NodeMetrics
 from cachenode.store.eviction import LruPolicy
+from cachenode.store.health import DiskHealth
 from cachenode.store.index import BlockIndex, IndexEntry
+from cachenode.store.repair import checked_entries, lock_data_dir, remove_strays
+from cachenode.store.space import StoreSpace
+from cachenode.store.temp import TempFiles
 
 log = logging.getLogger(__name__)
 ATIME_PERSIST_S = 60.0  # persist a hit's access time at most this often per block
-RETRY_FAILED_DISK_S = 30.0  # a failed store tries the disk again after this long
-_BUSY = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}  # the process, not the disk
-
-
-class DataDirInUse(CacheError):
-    """Another cachenode process already uses this data directory."""
-
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-        self.reason = f"data dir {root} is in use by another cachenode process"
 
 
 @dataclass(slots=True)
@@ -53,20 +51,32 @@ class DiskStore:
     """Block files under `root/blocks/xx/yy/<id>` with a rocksdict index at `root/index`.
 
     Capacity holds at every moment: a fill reserves its bytes (evicting the least
-    recently used blocks) before it writes, so concurrent fills cannot overshoot.
+    recently used blocks) before it writes, so concurrent fills cannot overshoot, and
+    its temp file counts until it is renamed or removed.
     """
 
     def __init__(self, root: Path, capacity_bytes: int, metrics: NodeMetrics,
-                 fsync: bool = False) -> None:
-        self.root, self.capacity = Path(root), capacity_bytes
+                 fsync: bool = False, space: StoreSpace | None = None) -> None:
+        self.root = Path(root)
         self._metrics, self._fsync = metrics, fsync
-        self._blocks, self._tmp = self.root / "blocks", self.root / "tmp"
+        self._blocks = self.root / "blocks"
+        # the capacity, the disk's floor and the bytes being written; guarded by the loop
+        self.space = space or StoreSpace(self.root, capacity_bytes)
+        self._temp = TempFiles(self.root / "tmp", self.space,
+                               lambda tmp, final, data: self._write_file(tmp, final, data))
         self._lru = LruPolicy()  # committed blocks; guarded by the event loop
-        self._reserved = 0  # bytes promised to fills in progress
         self._index: BlockIndex | None = None
-        self.failed: str | None = None  # set when the disk fails; the store stops serving
-        self._failed_at = 0.0
+        self.health = DiskHealth(self.root, self._reopen_index)
         self._lock_fd = -1
+
+    @property
+    def failed(self) -> str | None:
+        """Return why the disk is out of rotation, or None while it serves."""
+        return self.health.failed
+
+    @failed.setter
+    def failed(self, why: str | None) -> None:
+        self.health.failed = why
 
     @property
     def used_bytes(self) -> int:
@@ -78,40 +88,27 @@ class DiskStore:
         """Return the number of committed blocks."""
         return len(self._lru)
 
+    @property
+    def capacity(self) -> int:
+        """Return the configured capacity."""
+        return self.space.capacity
+
     def open(self) -> None:
         """Open the index and reconcile it with the files (a crash may leave either behind)."""
         self._blocks.mkdir(parents=True, exist_ok=True)
-        self._lock_fd = os.open(self.root / "LOCK", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-            raise DataDirInUse(self.root) from None
-        shutil.rmtree(self._tmp, ignore_errors=True)  # unfinished fills are never served
-        self._tmp.mkdir(parents=True)
+        self._lock_fd = lock_data_dir(self.root)
+        self._temp.clear()
         self._index = self._open_index()
-        entries, dropped = [], 0
-        for e in self._index.entries():
-            try:
-                ok = os.stat(self._path(e.block_id)).st_size == e.size
-            except FileNotFoundError:
-                ok = False
-            if ok:
-                entries.append(e)
-            else:
-                self._index.delete(e)
-                dropped += 1
+        entries, dropped = checked_entries(self._index, self._path)
         self._metrics.corrupt_blocks.inc(dropped)  # file and index disagreed, as in open_block
-        known = {e.block_id for e in entries}
-        strays = self._remove_strays(known)
+        strays = remove_strays(self._blocks, {e.block_id for e in entries})
         for e in sorted(entries, key=lambda e: e.atime):
             self._lru.add(e.block_id, e.size)
+        self._look()  # evicts down to the capacity, or to what fits above the floor
         log.info("block store %s: %d blocks, %d bytes; dropped %d index entries without files, "
-                 "removed %d stray files", self.root, len(entries), self._lru.total, dropped,
-                 strays)
-        self._shrink_to(self.capacity)
-        self._update_gauges()
+                 "removed %d stray files; %d bytes free on its disk, floor %d, holds at most "
+                 "%d bytes", self.root, len(self._lru), self._lru.total, dropped, strays,
+                 self.space.free_bytes, self.space.floor_bytes, self.space.limit)
 
     def _open_index(self) -> BlockIndex:
         """Open the index; one of an older format names blocks no reader asks for: start anew."""
@@ -135,14 +132,10 @@ class DiskStore:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = -1
 
-    def _remove_strays(self, known: set[str]) -> int:
-        removed = 0
-        for dirpath, _dirs, files in os.walk(self._blocks):
-            for name in files:
-                if name not in known:
-                    os.unlink(os.path.join(dirpath, name))
-                    removed += 1
-        return removed
+    def _reopen_index(self) -> None:
+        """Reopen an index whose reopen after a write error failed (a retry of the disk)."""
+        if self._index is not None and not self._index.is_open:
+            self._index.reopen()
 
     def _path(self, block_id: str) -> Path:
         return self._blocks / block_id[:2] / block_id[2:4] / block_id
@@ -156,7 +149,7 @@ class DiskStore:
 
         A hit counts as a use: the block becomes the most recently used.
         """
-        if not self._usable() or block_id not in self._lru:
+        if not self.health.usable() or block_id not in self._lru:
             return False
         e = self.entry(block_id)
         if e is None or e.size != size:
@@ -171,7 +164,7 @@ class DiskStore:
         A block whose file is missing or whose size differs from the index (or from
         `expected_size`) is dropped and is a miss.
         """
-        if not self._usable() or block_id not in self._lru:
+        if not self.health.usable() or block_id not in self._lru:
             return None
         e = self.entry(block_id)
         if e is None:
@@ -186,7 +179,7 @@ class DiskStore:
             self._drop(e, "file missing")
             return None
         except OSError as err:
-            self._os_error(f"open {block_id}", err)
+            self.health.os_error(f"open {block_id}", err)
             return None
         if os.fstat(fd).st_size != e.size:
             os.close(fd)
@@ -217,7 +210,7 @@ class DiskStore:
                 None, file_crc32c, ob.fd, ob.size)
         except OSError as err:
             ob.close()
-            self._os_error(f"read {block_id}", err)
+            self.health.os_error(f"read {block_id}", err)
             return None
         except BaseException:
             ob.close()
@@ -232,29 +225,56 @@ class DiskStore:
         return None
 
     async def put(self, ref: BlockRef, data: bytes) -> None:
-        """Store a filled block: reserve space, write a temp file, rename, then index it."""
-        if not self._usable():
+        """Store a filled block: reserve space, write a temp file, rename, then index it.
+
+        A full disk (ENOSPC) shrinks the store to what fits, and the block is tried once more.
+        """
+        if not self.health.usable():
             raise DiskUnavailable(self.failed or "")
+        for _attempt in range(2):
+            if ref.block_id in self._lru:
+                return
+            if await self._write_block(ref, data):
+                return
+        size = len(data)  # ENOSPC twice
+        raise StoreFull(size, self.space.limit, self.space.disk_full(self._lru.total, size))
+
+    async def _write_block(self, ref: BlockRef, data: bytes) -> bool:
+        """Write and index one block; return False if the disk was full (the store shrank)."""
         bid, size = ref.block_id, len(data)
-        if bid in self._lru:
-            return
-        self._reserve(size)
+        self._reserve(size)  # raises StoreFull
         try:
-            # unique per call: concurrent puts of one block (same bytes object) must not share it
-            tmp = self._tmp / f"{bid}.{os.getpid()}.{os.urandom(6).hex()}.tmp"
-            crc = await asyncio.get_running_loop().run_in_executor(
-                None, self._write_file, tmp, self._path(bid), data)
+            crc = await self._temp.write(bid, self._path(bid), data, lambda: bid in self._lru)
         except OSError as err:
-            if err.errno == errno.ENOSPC:
-                raise StoreFull(size, self.capacity) from err  # disk shared or mis-sized
-            self._os_error(f"write {bid}", err)
-            raise DiskUnavailable(str(err)) from err
-        finally:
-            self._reserved -= size
-        self._index_put(IndexEntry(bid, size, crc, time.time(), ref.obj.bucket, ref.obj.key,
-                                   ref.obj.etag, ref.index))
+            return self._write_failed(f"write {bid}", err)
+        return self._commit(ref, size, crc)
+
+    def _commit(self, ref: BlockRef, size: int, crc: int) -> bool:
+        """Index a written block; return False if the disk was too full for the index."""
+        bid = ref.block_id
+        assert self._index is not None, "store is not open"
+        try:
+            self._index.put(IndexEntry(bid, size, crc, time.time(), ref.obj.bucket,
+                                       ref.obj.key, ref.obj.etag, ref.index))
+        except OSError as err:
+            if bid not in self._lru:  # else a concurrent put of this block indexed the file
+                _unlink(self._path(bid))
+            return self._write_failed(f"index {bid}", err)
         self._lru.add(bid, size)
         self._update_gauges()
+        return True
+
+    def _write_failed(self, what: str, err: OSError) -> bool:
+        """Shrink the store on ENOSPC and return False; fail the store on other errors."""
+        if err.errno != errno.ENOSPC or self._index is None or not self._index.is_open:
+            self.health.os_error(what, err)
+            raise DiskUnavailable(str(err)) from err
+        self._metrics.enospc.inc()
+        self._look(ceiling=self._lru.total + self.space.reserved)  # at most what is there now
+        log.warning("disk full at %s (ENOSPC on %s): %d bytes free, floor %d; the store now "
+                    "holds at most %d bytes", self.root, what, self.space.free_bytes,
+                    self.space.floor_bytes, self.space.limit)
+        return False
 
     def _write_file(self, tmp: Path, final: Path, data: bytes) -> int:
         crc = crc32c(data)
@@ -268,14 +288,31 @@ class DiskStore:
         return crc
 
     def _reserve(self, size: int) -> None:
-        if self._reserved + size > self.capacity:  # fills in progress alone fill the disk
-            raise StoreFull(size, self.capacity)
-        self._shrink_to(self.capacity - self._reserved - size)
-        if self._lru.total + self._reserved + size > self.capacity:
-            raise StoreFull(size, self.capacity)
-        self._reserved += size
+        if self.space.due():
+            self._look()  # at most once per interval: only other writers make it stale
+        self.space.reserve(size, self._lru.total, self._shrink_to)
 
-    def _shrink_to(self, target: int) -> None:
+    def _look(self, ceiling: int | None = None) -> None:
+        """Look at the disk's free space now and evict down to what fits above the floor."""
+        try:
+            self.space.look(self._lru.total, ceiling)
+        except OSError as err:
+            self.health.os_error(f"statvfs {self.root}", err)
+            raise DiskUnavailable(str(err)) from err
+        self._shrink_to(self.space.limit - self.space.reserved)
+
+    def disk_trouble(self, room: int) -> str | None:
+        """Return why the disk cannot take `room` more bytes even after eviction, or None."""
+        if self._index is None or not self.health.usable():  # a failed one is retried too
+            return self.failed
+        try:
+            self._look()
+        except CacheError as e:
+            return str(e)
+        return None if self.space.limit >= room else self.space.disk_full(self._lru.total, room)
+
+    def _shrink_to(self, target: int) -> int:
+        """Evict least recently used blocks until at most `target` bytes remain; return them."""
         while self._lru.total > target:
             bid = self._lru.oldest()
             if bid is None:
@@ -287,6 +324,7 @@ class DiskStore:
             self._metrics.evictions.inc()
             self._metrics.evicted_bytes.inc(e.size if e else 0)
         self._update_gauges()
+        return self._lru.total
 
     def delete(self, block_id: str) -> bool:
         """Remove a block from the store; return whether it was there."""
@@ -316,37 +354,37 @@ class DiskStore:
 
     def _delete(self, e: IndexEntry) -> None:
         if self._index is not None:
-            self._index.delete(e)
-        try:
-            os.unlink(self._path(e.block_id))
-        except FileNotFoundError:
-            pass
+            try:
+                self._index.delete(e)
+            except OSError as err:  # the entry is dropped at the next start (no file)
+                self._index_error(f"delete {e.block_id}", err)
+        _unlink(self._path(e.block_id))
 
     def _index_put(self, e: IndexEntry) -> None:
+        """Record a read's access time; a failure costs the reader nothing."""
         assert self._index is not None, "store is not open"
-        self._index.put(e)
+        try:
+            self._index.put(e)
+        except OSError as err:
+            self._index_error(f"atime {e.block_id}", err)
 
-    def _os_error(self, what: str, err: OSError) -> None:
-        """Take the disk out of rotation, unless the process (not the disk) is short of fds."""
-        if err.errno in _BUSY:
-            raise Overloaded(f"{what}: {err}") from err
-        self._fail(f"{what}: {err}")
-
-    def _fail(self, why: str) -> None:
-        if not self.failed:
-            log.error("block store %s taken out of rotation for %.0fs: %s", self.root,
-                      RETRY_FAILED_DISK_S, why)
-        self.failed, self._failed_at = why, time.monotonic()
-
-    def _usable(self) -> bool:
-        """Return whether the store serves; a failed one tries again after a while."""
-        if self.failed and time.monotonic() - self._failed_at > RETRY_FAILED_DISK_S:
-            log.warning("block store %s: trying the disk again after: %s", self.root,
-                        self.failed)
-            self.failed = None
-        return self.failed is None
+    def _index_error(self, what: str, err: OSError) -> None:
+        """Note a failed index write; an index that could not be reopened fails the store."""
+        if self._index is not None and not self._index.is_open:
+            self.health.fail(f"index {what}: {err}")
+        else:
+            log.warning("block index write failed (%s; the next write reopens it): %s", what, err)
 
     def _update_gauges(self) -> None:
-        self._metrics.store_bytes.set(self._lru.total)
-        self._metrics.store_blocks.set(len(self._lru))
-        self._metrics.capacity_bytes.set(self.capacity)
+        m, space = self._metrics, self.space
+        m.store_bytes.set(self._lru.total)
+        m.store_blocks.set(len(self._lru))
+        m.capacity_bytes.set(space.capacity)
+        m.effective_capacity.set(space.limit)
+        m.disk_free.set(space.free_now(self._lru.total))
+        m.disk_floor.set(space.floor_bytes)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

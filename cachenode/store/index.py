@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,28 +40,69 @@ class IndexEntry:
 
 
 class BlockIndex:
-    """A rocksdict-backed map of stored blocks; every write is atomic per block."""
+    """A rocksdict-backed map of stored blocks; every write is atomic per block.
+
+    A failed write (a full disk, above all) leaves rocksdb refusing every later write
+    ("Writer has previous error") until it is reopened: the next write reopens it first.
+    Write errors are raised as OSError (ENOSPC when the disk is full).
+    """
 
     def __init__(self, path: Path) -> None:
-        opts = Options(raw_mode=True)
-        opts.create_if_missing(True)
-        self._db = Rdict(str(path), opts)
+        self._path = path
+        self._db: Rdict | None = _open(path)
+        self._broken = False  # a write failed: reopen before the next one
+
+    @property
+    def is_open(self) -> bool:
+        """Return whether the database is open (a failed reopen leaves it closed)."""
+        return self._db is not None
 
     def close(self) -> None:
         """Flush and close the database."""
-        self._db.close()
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+
+    def reopen(self) -> None:
+        """Close and open the database again (rocksdb's way out of a write error), or raise."""
+        db, self._db = self._db, None
+        if db is not None:
+            with contextlib.suppress(Exception):  # after a write error close raises, yet
+                db.close()  # it lets go of the files
+        try:
+            self._db = _open(self._path)
+        except Exception as e:
+            raise _os_error("reopen", e) from e
+        self._broken = False
+
+    def _live(self) -> Rdict:
+        if self._db is None:
+            raise OSError(errno.EIO, f"block index {self._path} is closed")
+        return self._db
+
+    def _write(self, wb: WriteBatch) -> None:
+        if self._broken:
+            self.reopen()
+        try:
+            self._live().write(wb)
+        except OSError:
+            raise
+        except Exception as e:
+            self._broken = True
+            raise _os_error("write", e) from e
 
     def format_is_current(self) -> bool:
         """Return whether the index was written in FORMAT, marking an empty index as such."""
-        found = self._db.get(_FORMAT)
-        if found is None and next(iter(self._db.keys()), None) is None:
-            self._db.put(_FORMAT, FORMAT)
+        db = self._live()
+        found = db.get(_FORMAT)
+        if found is None and next(iter(db.keys()), None) is None:
+            db.put(_FORMAT, FORMAT)
             return True
         return found == FORMAT
 
     def get(self, block_id: str) -> IndexEntry | None:
         """Return the entry of `block_id`, or None."""
-        raw = self._db.get(_BLOCK + block_id.encode())
+        raw = self._live().get(_BLOCK + block_id.encode())
         return None if raw is None else _decode(block_id, cast(bytes, raw))
 
     def put(self, e: IndexEntry) -> None:
@@ -68,18 +111,18 @@ class BlockIndex:
         wb.put(_BLOCK + e.block_id.encode(), msgpack.packb(
             [e.size, e.crc32c, e.atime, e.bucket, e.key, e.etag, e.index]))
         wb.put(e.object_key(), e.block_id.encode())
-        self._db.write(wb)
+        self._write(wb)
 
     def delete(self, e: IndexEntry) -> None:
         """Forget a block."""
         wb = WriteBatch(raw_mode=True)
         wb.delete(_BLOCK + e.block_id.encode())
         wb.delete(e.object_key())
-        self._db.write(wb)
+        self._write(wb)
 
     def entries(self) -> Iterator[IndexEntry]:
         """Yield every entry, in block-id order."""
-        for k, v in self._db.items(from_key=_BLOCK):
+        for k, v in self._live().items(from_key=_BLOCK):
             k, v = cast(bytes, k), cast(bytes, v)
             if not k.startswith(_BLOCK):
                 break
@@ -89,7 +132,7 @@ class BlockIndex:
         """Return up to `limit` entries whose ids follow `block_id` ('' = from the first)."""
         start = _BLOCK + block_id.encode() + (b"\x00" if block_id else b"")
         out: list[IndexEntry] = []
-        for k, v in self._db.items(from_key=start):
+        for k, v in self._live().items(from_key=start):
             k, v = cast(bytes, k), cast(bytes, v)
             if not k.startswith(_BLOCK) or len(out) >= limit:
                 break
@@ -99,11 +142,23 @@ class BlockIndex:
     def by_prefix(self, bucket: str, key_prefix: str) -> Iterator[str]:
         """Yield ids of blocks whose object key starts with `key_prefix` (an index scan)."""
         start = _OBJECT + f"{bucket}\0{key_prefix}".encode("utf-8", "surrogatepass")
-        for k, v in self._db.items(from_key=start):
+        for k, v in self._live().items(from_key=start):
             k, v = cast(bytes, k), cast(bytes, v)
             if not k.startswith(start):
                 break
             yield v.decode()
+
+
+def _open(path: Path) -> Rdict:
+    opts = Options(raw_mode=True)
+    opts.create_if_missing(True)
+    return Rdict(str(path), opts)
+
+
+def _os_error(what: str, e: Exception) -> OSError:
+    """Return rocksdb's error as an OSError, ENOSPC when it says the disk is full."""
+    full = "No space left on device" in str(e)
+    return OSError(errno.ENOSPC if full else errno.EIO, f"block index {what}: {e}")
 
 
 def _decode(block_id: str, raw: bytes) -> IndexEntry:

@@ -388,7 +388,7 @@ async def test_health_ready_metrics(node: Node) -> None:
 
 @pytest.mark.asyncio
 async def test_readyz_reports_failed_disk(node: Node) -> None:
-    node.node.store.failed = "write failed: EIO"
+    node.node.store.health.fail("write failed: EIO")
     async with node.http.get(node.base + "/readyz") as resp:
         assert resp.status == 503
         assert "EIO" in await resp.text()

@@ -432,7 +432,7 @@ async def test_a_failed_disk_is_tried_again_later(
         store: DiskStore, monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
 
-    from cachenode.store import disk
+    from cachenode.store import health
     r = ref("m")
     await store.put(r, payload(r))
     real_open = os.open
@@ -442,14 +442,14 @@ async def test_a_failed_disk_is_tried_again_later(
     assert store.failed and "Input/output error" in store.failed
     monkeypatch.setattr(os, "open", real_open)
     assert store.open_block(r.block_id) is None  # out of rotation for a while
-    monkeypatch.setattr(disk, "RETRY_FAILED_DISK_S", 0.0)
+    monkeypatch.setattr(health, "RETRY_FAILED_DISK_S", 0.0)
     assert read_all(store, r.block_id) == payload(r)
     assert store.failed is None
 
 
 def test_a_second_process_cannot_share_the_data_dir(store: DiskStore, tmp_path: Path,
                                                      metrics: NodeMetrics) -> None:
-    from cachenode.store.disk import DataDirInUse
+    from cachenode.store.repair import DataDirInUse
     inflight = tmp_path / "tmp" / "x.tmp"
     inflight.write_bytes(b"a fill in progress")
     other = DiskStore(tmp_path, 8 * BS, metrics)

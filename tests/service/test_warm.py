@@ -289,7 +289,7 @@ async def test_per_block_failures_do_not_fail_the_request(
 @pytest.mark.asyncio
 async def test_not_ready_node_refuses_admin_calls(node: Node) -> None:
     meta = await node.put("m", blob(BS))
-    node.node.store._fail("disk gone")
+    node.node.store.health.fail("disk gone")
     try:
         for path, body in (("/_warm", warm_body((meta, [0]))),
                            ("/_evict", {"bucket": "bkt", "prefix": "m"})):

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from cachenode.config import ConfigError, NodeConfig, parse_duration, parse_hostport, parse_size
+from cachenode.config import (
+    ConfigError,
+    FreeFloor,
+    NodeConfig,
+    format_size,
+    parse_duration,
+    parse_free_floor,
+    parse_hostport,
+    parse_size,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 MiB, GiB = 2**20, 2**30
@@ -41,6 +50,39 @@ def test_parse_size_good(text: str, expected: int) -> None:
 def test_parse_size_bad(text: str) -> None:
     with pytest.raises(ConfigError, match="not a size"):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "percent", "size"),
+    [("5%", 5.0, None), ("0.5 %", 0.5, None), ("1GiB", None, GiB), ("0", None, 0),
+     ("5%,1GiB", 5.0, GiB), ("10GiB, 2%", 2.0, 10 * GiB), ("90%", 90.0, None)],
+)
+def test_parse_free_floor_good(text: str, percent: float | None, size: int | None) -> None:
+    assert parse_free_floor(text) == FreeFloor(percent, size)
+
+
+@pytest.mark.parametrize("text", ["", "lots", "5%,6%", "1GiB,2GiB", "-5%", "5%%", "%"])
+def test_parse_free_floor_bad(text: str) -> None:
+    with pytest.raises(ConfigError, match="not a"):
+        parse_free_floor(text)
+
+
+def test_free_floor_is_the_lesser_part_on_the_disk_at_hand() -> None:
+    default = NodeConfig().min_free_disk
+    assert default == FreeFloor(5.0, GiB)
+    assert default.resolve(20 * MiB) == MiB  # a small disk: 5%
+    assert default.resolve(4 * 10**12) == GiB  # an NVMe drive: 1 GiB, not 200 GB
+    assert FreeFloor(None, 10 * GiB).resolve(MiB) == 10 * GiB  # a size is a size
+    assert FreeFloor().resolve(GiB) == 0
+    assert str(default) == "5%,1GiB" and parse_free_floor(str(default)) == default
+    with pytest.raises(ConfigError, match="--min-free-disk"):
+        FreeFloor(95.0)
+
+
+@pytest.mark.parametrize(("n", "text"), [(0, "0"), (1023, "1023"), (4 * MiB, "4MiB"),
+                                         (GiB, "1GiB"), (3 * 2**40, "3TiB"), (1536, "1536")])
+def test_format_size_reads_back(n: int, text: str) -> None:
+    assert format_size(n) == text and parse_size(text) == n
 
 
 @pytest.mark.parametrize(
@@ -87,7 +129,8 @@ def test_flags_parse_every_kind() -> None:
         ["--data-dir", "/tmp/x", "--capacity", "1GiB", "--block-size", "1MiB",
          "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--metadata-ttl", "500ms",
          "--origin-endpoint", "http://127.0.0.1:8333", "--fsync", "yes",
-         "--max-concurrent-fills", "3", "--log-level", "debug"],
+         "--max-concurrent-fills", "3", "--log-level", "debug", "--min-free-disk", "2%",
+         "--disk-check-interval", "250ms"],
         env={})
     assert cfg.data_dir == Path("/tmp/x")
     assert cfg.capacity_bytes == GiB and cfg.block_size_bytes == MiB
@@ -95,6 +138,7 @@ def test_flags_parse_every_kind() -> None:
     assert cfg.metadata_ttl_s == pytest.approx(0.5)
     assert cfg.origin_endpoint_url == "http://127.0.0.1:8333"
     assert cfg.fsync is True and cfg.max_concurrent_fills == 3 and cfg.log_level == "DEBUG"
+    assert cfg.min_free_disk == FreeFloor(2.0) and cfg.disk_check_interval_s == 0.25
 
 
 def test_connection_and_key_options() -> None:
@@ -111,8 +155,10 @@ def test_env_fallback() -> None:
     cfg = NodeConfig.from_args([], env={"CACHENODE_CAPACITY": "2GiB",
                                         "CACHENODE_METADATA_TTL": "3s",
                                         "AWS_ENDPOINT_URL": "http://origin:9000",
-                                        "AWS_REGION": "eu-central-1"})
+                                        "AWS_REGION": "eu-central-1",
+                                        "CACHENODE_MIN_FREE_DISK": "5%,10GiB"})
     assert cfg.capacity_bytes == 2 * GiB
+    assert cfg.min_free_disk == FreeFloor(5.0, 10 * GiB)
     assert cfg.metadata_ttl_s == 3.0
     assert cfg.origin_endpoint_url == "http://origin:9000"
     assert cfg.origin_region == "eu-central-1"
@@ -160,6 +206,9 @@ def test_flag_overrides_invalid_env() -> None:
         (["--header-timeout", "0s"], {}, "--header-timeout"),
         ([], {"CACHENODE_IDLE_TIMEOUT": "soon"}, "CACHENODE_IDLE_TIMEOUT"),
         (["--max-connections", "-1"], {}, "--max-connections"),
+        (["--min-free-disk", "95%"], {}, "--min-free-disk"),
+        ([], {"CACHENODE_MIN_FREE_DISK": "half"}, "CACHENODE_MIN_FREE_DISK"),
+        (["--disk-check-interval", "0"], {}, "--disk-check-interval"),
     ],
 )
 def test_invalid_values_name_the_option(argv: list[str], env: dict[str, str],
@@ -197,7 +246,8 @@ def test_help_mentions_every_flag() -> None:
     for flag in ("--data-dir", "--capacity", "--block-size", "--http", "--grpc",
                  "--metadata-ttl", "--origin-endpoint", "--max-concurrent-fills",
                  "--fill-timeout", "--readahead", "--origin-keys", "--header-timeout",
-                 "--idle-timeout", "--max-connections"):
+                 "--idle-timeout", "--max-connections", "--min-free-disk",
+                 "--disk-check-interval"):
         assert flag in proc.stdout, flag
     assert "CACHENODE_CAPACITY" in proc.stdout and "AWS_ENDPOINT_URL" in proc.stdout
 
