@@ -22,7 +22,7 @@ from cachenode.errors import (
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import BlockStore, Origin
 from cachenode.singleflight import SingleFlight
-from cachenode.store.disk import OpenBlock
+from cachenode.store.files import OpenBlock
 
 log = logging.getLogger(__name__)
 # A block's write behind the response; its result is the error that kept it off disk, if any.

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
-import json
 import logging
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
@@ -18,22 +15,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cachenode.blocks import ObjectMeta
 from cachenode.checksum import crc32c
 from cachenode.errors import (
-    BadRequest,
-    BlockNotCached,
     CacheError,
-    DiskUnavailable,
     MalformedRange,
     NotReady,
     ObjectChanged,
-    OriginDenied,
-    OriginNotFound,
-    OriginTimeout,
-    OriginUnavailable,
-    Overloaded,
     PayloadTooLarge,
     PreconditionFailed,
     RangeNotSatisfiable,
-    StoreFull,
+)
+from cachenode.http_errors import error_response
+from cachenode.http_headers import (
+    check_one_block,
+    if_range_holds,
+    object_headers,
+    parse_object_path,
+    small_int,
 )
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name
@@ -41,113 +37,10 @@ from cachenode.peers_http import CACHED_ONLY, CRC, EPOCH, HOPS, SIZE
 from cachenode.ranges import Span, parse_range
 from cachenode.sendfile import ReaderStalled, SocketSender
 from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
-from cachenode.singleflight import FlightCancelled
 from cachenode.warm import MAX_BODY_BYTES, Admin
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("cachenode.access")
-
-HTTP_STATUS: dict[type[CacheError], int] = {
-    BadRequest: 400,
-    PayloadTooLarge: 413,
-    OriginNotFound: 404,
-    MalformedRange: 416,
-    RangeNotSatisfiable: 416,
-    OriginDenied: 502,
-    OriginUnavailable: 502,
-    OriginTimeout: 503,
-    ObjectChanged: 503,
-    PreconditionFailed: 412,
-    BlockNotCached: 404,
-    StoreFull: 503,
-    DiskUnavailable: 503,
-    Overloaded: 503,
-    FlightCancelled: 503,
-    NotReady: 503,
-}
-
-
-def status_of(err: CacheError) -> int:
-    """Return the HTTP status for a cache error (most specific class wins)."""
-    for cls in type(err).__mro__:
-        if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]
-    return 500
-
-
-def error_response(err: CacheError) -> web.Response:
-    """Return a JSON error response with the reason a person can act on."""
-    reason = str(err).encode("ascii", "backslashreplace").decode()
-    headers = {"X-Blockcache-Error": type(err).__name__,  # HEAD responses have no body
-               "X-Blockcache-Reason": "".join(c if " " <= c < "\x7f" else "?"
-                                              for c in reason[:300])}
-    if isinstance(err, RangeNotSatisfiable):
-        headers["Content-Range"] = f"bytes */{err.size}"
-    if status_of(err) == 503:
-        headers["Retry-After"] = "1"
-    body = json.dumps({"error": type(err).__name__, "reason": str(err)}) + "\n"
-    return web.Response(status=status_of(err), text=body, content_type="application/json",
-                        headers=headers)
-
-
-def parse_object_path(raw_path: str) -> tuple[str, str]:
-    """Return (bucket, key) from a raw, percent-encoded path '/<bucket>/<key>'."""
-    bucket_raw, _, key_raw = raw_path.lstrip("/").partition("/")
-    try:
-        bucket = urllib.parse.unquote(bucket_raw, errors="strict")
-        key = urllib.parse.unquote(key_raw, errors="strict")
-    except UnicodeDecodeError:
-        raise BadRequest("path is not valid percent-encoded UTF-8") from None
-    return bucket, key
-
-
-def if_range_holds(value: str | None, meta: ObjectMeta) -> bool:
-    """Return whether an If-Range validator still matches (absent counts as matching).
-
-    Only a strong ETag can match. A date cannot: S3's Last-Modified has one-second
-    resolution, so two versions written within a second would look the same and a reader
-    could stitch their bytes (RFC 9110 section 13.1.5 requires a strong validator).
-    """
-    if value is None:
-        return True
-    value = value.strip()
-    return value.startswith('"') and value == meta.etag
-
-
-def object_headers(meta: ObjectMeta) -> dict[str, str]:
-    """Return the validator and type headers of an object response."""
-    return {
-        "ETag": meta.etag,
-        "Last-Modified": email.utils.formatdate(meta.last_modified, usegmt=True),
-        "Accept-Ranges": "bytes",
-        "Content-Type": "application/octet-stream",
-    }
-
-
-def _small_int(text: str | None, limit: int = 16) -> int:
-    """Return a non-negative header integer capped at `limit` (0 if absent or not one)."""
-    ok = text is not None and text.isascii() and text.isdigit() and len(text) < 20
-    return min(int(text), limit) if ok else 0  # type: ignore[arg-type]
-
-
-def _check_one_block(rng: str | None, meta: ObjectMeta, block_size: int) -> None:
-    """Raise BadRequest unless `rng` names exactly one whole block of `meta`.
-
-    A peer's pin (If-Match + X-Blockcache-Size) is trusted without a HEAD only for what
-    peers ask: one whole block. Anything else (no Range, a size with no blocks, a span
-    across blocks) is no peer request.
-    """
-    span = None
-    if rng is not None and meta.size > 0:
-        try:
-            span = parse_range(rng, meta.size)
-        except (MalformedRange, RangeNotSatisfiable):
-            span = None
-    if span is None or span.start % block_size or span.length != min(
-            block_size, meta.size - span.start):
-        raise BadRequest(f"a forwarded read must name one whole block of the pinned version "
-                         f"({SIZE}: {meta.size}, Range: {(rng or '')[:80]!r})")
-
 
 def _abort(request: web.Request) -> None:
     """Close the connection at once (the response cannot be completed)."""
@@ -271,10 +164,10 @@ class HttpApi:
             return error_response(e)
 
     async def _serve(self, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-        hops = _small_int(request.headers.get(HOPS))
+        hops = small_int(request.headers.get(HOPS))
         cached_only = request.headers.get(CACHED_ONLY) == "1"
         meta = await self._pinned(request, bucket, key, hops, cached_only)
-        epoch = _small_int(request.headers.get(EPOCH), limit=2**63)
+        epoch = small_int(request.headers.get(EPOCH), limit=2**63)
         if epoch and epoch != self._service.router.epoch:
             self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
         headers = object_headers(meta)
@@ -353,7 +246,7 @@ class HttpApi:
         if hops and want not in ("", "*") and size.isdigit() and len(size) < 20:
             validate_name(bucket, key, self._service.key_policy)
             trusted = ObjectMeta(bucket, key, int(size), want)
-            _check_one_block(request.headers.get("Range"), trusted, self._service.block_size)
+            check_one_block(request.headers.get("Range"), trusted, self._service.block_size)
             if cached_only:
                 return trusted
         return await self._service.pinned(bucket, key, want, trusted)

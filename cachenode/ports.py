@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from cachenode.blocks import BlockRef, ObjectMeta
-from cachenode.store.disk import OpenBlock
+from cachenode.store.files import OpenBlock
 
 
 class Origin(Protocol):

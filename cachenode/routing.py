@@ -30,7 +30,7 @@ from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.ring import EmptyRing, Ring
 from cachenode.singleflight import FlightCancelled, SingleFlight
-from cachenode.store.disk import OpenBlock
+from cachenode.store.files import OpenBlock
 
 log = logging.getLogger(__name__)
 OWNERS_TRIED = 3  # the owner, then up to two successors, then a fill here

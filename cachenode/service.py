@@ -26,7 +26,7 @@ from cachenode.names import validate_name, validate_prefix
 from cachenode.ports import Origin
 from cachenode.routing import Fetched, Router
 from cachenode.singleflight import SingleFlight
-from cachenode.store.disk import OpenBlock
+from cachenode.store.files import OpenBlock
 
 log = logging.getLogger(__name__)
 METADATA_CACHE_ENTRIES = 100_000

@@ -7,17 +7,17 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from cachenode.config import (
+from cachenode.settings import (
     ConfigError,
-    _name,
-    _opt,
-    _urls,
     load_config,
     make_parser,
     parse_duration,
     parse_hostport,
     parse_size,
 )
+from cachenode.settings import opt as _opt
+from cachenode.settings import parse_name as _name
+from cachenode.settings import parse_urls as _urls
 from coordinator.errors import BadPattern
 from coordinator.model import DEFAULT_PATTERN, compile_pattern
 

@@ -7,21 +7,19 @@ The capacity is the configured one or what fits on the filesystem above its free
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import os
-import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from cachenode.blocks import BlockRef
-from cachenode.checksum import crc32c, file_crc32c
+from cachenode.checksum import file_crc32c
 from cachenode.errors import CacheError, DiskUnavailable, StoreFull
 from cachenode.metrics import NodeMetrics
 from cachenode.store.eviction import LruPolicy
+from cachenode.store.files import OpenBlock, unlink_quietly, write_block_file
 from cachenode.store.health import DiskHealth
 from cachenode.store.index import BlockIndex, IndexEntry
 from cachenode.store.repair import checked_entries, lock_data_dir, remove_strays
@@ -30,21 +28,6 @@ from cachenode.store.temp import TempFiles
 
 log = logging.getLogger(__name__)
 ATIME_PERSIST_S = 60.0  # persist a hit's access time at most this often per block
-
-
-@dataclass(slots=True)
-class OpenBlock:
-    """An open block file; the reader owns `fd` and must close it."""
-
-    block_id: str
-    fd: int
-    size: int
-    crc32c: int
-    source: str = "disk"  # "origin" when this read filled the block just now
-
-    def close(self) -> None:
-        """Close the file descriptor."""
-        os.close(self.fd)
 
 
 class DiskStore:
@@ -98,7 +81,7 @@ class DiskStore:
         self._blocks.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_data_dir(self.root)
         self._temp.clear()
-        self._index = self._open_index()
+        self._index = BlockIndex.open_current(self.root / "index")
         entries, dropped = checked_entries(self._index, self._path)
         self._metrics.corrupt_blocks.inc(dropped)  # file and index disagreed, as in open_block
         strays = remove_strays(self._blocks, {e.block_id for e in entries})
@@ -109,19 +92,6 @@ class DiskStore:
                  "removed %d stray files; %d bytes free on its disk, floor %d, holds at most "
                  "%d bytes", self.root, len(self._lru), self._lru.total, dropped, strays,
                  self.space.free_bytes, self.space.floor_bytes, self.space.limit)
-
-    def _open_index(self) -> BlockIndex:
-        """Open the index; one of an older format names blocks no reader asks for: start anew."""
-        index = BlockIndex(self.root / "index")
-        if index.format_is_current():
-            return index
-        index.close()
-        log.warning("block store %s: index of an older format (block ids or checksums changed); "
-                    "starting with an empty store", self.root)
-        shutil.rmtree(self.root / "index")
-        index = BlockIndex(self.root / "index")
-        index.format_is_current()  # marks the new, empty index
-        return index
 
     def close(self) -> None:
         """Close the index."""
@@ -258,7 +228,7 @@ class DiskStore:
                                        ref.obj.key, ref.obj.etag, ref.index))
         except OSError as err:
             if bid not in self._lru:  # else a concurrent put of this block indexed the file
-                _unlink(self._path(bid))
+                unlink_quietly(self._path(bid))
             return self._write_failed(f"index {bid}", err)
         self._lru.add(bid, size)
         self._update_gauges()
@@ -277,15 +247,7 @@ class DiskStore:
         return False
 
     def _write_file(self, tmp: Path, final: Path, data: bytes) -> int:
-        crc = crc32c(data)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            if self._fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.rename(tmp, final)
-        return crc
+        return write_block_file(tmp, final, data, self._fsync)  # a seam for tests
 
     def _reserve(self, size: int) -> None:
         if self.space.due():
@@ -358,7 +320,7 @@ class DiskStore:
                 self._index.delete(e)
             except OSError as err:  # the entry is dropped at the next start (no file)
                 self._index_error(f"delete {e.block_id}", err)
-        _unlink(self._path(e.block_id))
+        unlink_quietly(self._path(e.block_id))
 
     def _index_put(self, e: IndexEntry) -> None:
         """Record a read's access time; a failure costs the reader nothing."""
@@ -383,8 +345,3 @@ class DiskStore:
         m.effective_capacity.set(space.limit)
         m.disk_free.set(space.free_now(self._lru.total))
         m.disk_floor.set(space.floor_bytes)
-
-
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import cast
 import msgpack
 from rocksdict import Options, Rdict, WriteBatch
 
+log = logging.getLogger(__name__)
 _BLOCK = b"b/"  # b/<block id> -> entry
 _OBJECT = b"o/"  # o/<bucket>\0<key>\0<etag>\0<index> -> block id (scan by object prefix)
 _FORMAT = b"m/format"  # what block ids and checksums mean; see FORMAT
@@ -90,6 +93,21 @@ class BlockIndex:
         except Exception as e:
             self._broken = True
             raise _os_error("write", e) from e
+
+    @classmethod
+    def open_current(cls, path: Path) -> BlockIndex:
+        """Open the index at `path`; one of an older format names blocks no reader asks
+        for (their ids changed), so it is dropped and a new, empty one begins."""
+        index = cls(path)
+        if index.format_is_current():
+            return index
+        index.close()
+        log.warning("block index %s: older format (block ids or checksums changed); "
+                    "starting with an empty store", path)
+        shutil.rmtree(path)
+        index = cls(path)
+        index.format_is_current()  # marks the new, empty index
+        return index
 
     def format_is_current(self) -> bool:
         """Return whether the index was written in FORMAT, marking an empty index as such."""

@@ -18,7 +18,8 @@ from cachenode.errors import ObjectChanged, OriginTimeout, OriginUnavailable, Ov
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.singleflight import FlightCancelled
-from cachenode.store.disk import DiskStore, OpenBlock
+from cachenode.store.disk import DiskStore
+from cachenode.store.files import OpenBlock
 from tests.fakes import FakeOrigin, blob, down
 from tests.fdcheck import open_fds, settle_fds
 

@@ -17,7 +17,8 @@ from cachenode.errors import OriginNotFound, PeerUnavailable
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.routing import Fetched, Router
-from cachenode.store.disk import DiskStore, OpenBlock
+from cachenode.store.disk import DiskStore
+from cachenode.store.files import OpenBlock
 from tests.fakes import FakeOrigin
 
 BS = 64 * 1024
