@@ -23,12 +23,13 @@ from coordinator.errors import (
     CoordinatorError,
     EmptyPrefix,
     NotFound,
+    UnknownVersion,
 )
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import Job, Version, check_site, model_of, new_job_id, parse_prefix
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.origin import Lister
-from coordinator.planner import overlapping
+from coordinator.planner import overlapping, versions_under
 from coordinator.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ MAX_BODY = 64 * 1024
 
 
 def _error(err: CoordinatorError) -> web.Response:
-    body = json.dumps({"error": type(err).__name__, "reason": str(err)}) + "\n"
+    body = json.dumps({"error": type(err).__name__, "reason": str(err), **err.details()}) + "\n"
     return web.Response(status=err.status, text=body, content_type="application/json")
 
 
@@ -180,18 +181,17 @@ class CoordinatorApi:
         versions = await self._store.list_versions(check_site(site) if site else None)
         return _json({"versions": [v.to_dict() for v in versions]})
 
-    async def _version_of(self, body: dict[str, Any], create: bool = False) -> Version:
-        """Return the version a {prefix, site} body names (NotFound unless `create`)."""
+    async def _version_of(self, body: dict[str, Any]) -> Version:
+        """Return the known version a {prefix, site} body names, else UnknownVersion."""
         bucket, prefix = parse_prefix(body.get("prefix"))  # type: ignore[arg-type]
         site = check_site(body.get("site"))
-        for v in await self._store.list_versions(site):
+        versions = await self._store.list_versions(site)
+        for v in versions:
             if (v.bucket, v.key_prefix) == (bucket, prefix):
                 return v
-        if not create:
-            raise NotFound(f"site {site} has no version at s3://{bucket}/{prefix} "
-                           "(warm it first; `cachectl models` lists them)")
-        model, version = model_of(bucket, prefix, self._cfg.model_pattern)
-        return Version(site, model, version, bucket, prefix, state="evicting")
+        raise UnknownVersion(site, f"s3://{bucket}/{prefix}",
+                             [(v.prefix, v.state) for v in versions_under(bucket, prefix,
+                                                                          versions)])
 
     async def _pin(self, request: web.Request) -> web.Response:
         return await self._set_pin(request, True)
@@ -209,7 +209,7 @@ class CoordinatorApi:
         return _json({"version": v.to_dict()})
 
     async def _evict(self, request: web.Request) -> web.Response:
-        v = await self._version_of(await self._body(request), create=True)
+        v = await self._version_of(await self._body(request))
         if v.pinned:
             raise Conflict(f"{v.prefix} is pinned at site {v.site}: unpin it first")
         if v.state == "warming":

@@ -49,8 +49,11 @@ class Evictor:
         for req in await self._store.evict_requests():
             if self._busy(req.site, req.bucket, req.key_prefix):
                 continue  # a job is warming it: decide after the job
-            v = await self._store.get_version(req.site, req.model, req.version) or req
-            if not v.pinned:
+            v = await self._store.get_version(req.site, req.model, req.version)
+            if v is None:  # only a version this site knows is evicted (nodes delete by prefix)
+                log.warning("dropping the eviction request of %s at %s: no such version",
+                            req.prefix, req.site)
+            elif not v.pinned:
                 v.state, v.updated = "evicting", time.time()
                 await self._store.put_version(v)
             await self._store.clear_evict_request(req)

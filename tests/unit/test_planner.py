@@ -8,7 +8,7 @@ from cachenode.blocks import ObjectMeta
 from cachenode.config import ConfigError
 from cachenode.ring import Ring
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import BadPattern, BadPrefix, BadSite
+from coordinator.errors import BadPattern, BadPrefix, BadSite, UnknownVersion
 from coordinator.model import Job, Progress, Version, check_site, model_of, parse_prefix
 from coordinator.planner import (
     BlockTask,
@@ -17,6 +17,7 @@ from coordinator.planner import (
     evictions,
     moved,
     overlapping,
+    versions_under,
     warm_request,
 )
 
@@ -156,3 +157,27 @@ def test_evicting_a_prefix_would_take_every_version_under_it() -> None:
     assert overlapping("b", "m/v1/", vs) == []  # itself
     assert [v.key_prefix for v in overlapping("b", "m/v1/sub/", vs)] == ["m/v1/"]
     assert overlapping("other", "m/", vs) == []
+
+
+def test_the_versions_under_a_prefix_are_the_ones_it_holds_itself_included() -> None:
+    vs = [_v("v2"), _v("v1", "evicted"), Version("hz", "b/x", "v1", "b", "x/v1/"),
+          Version("hz", "o/m", "v1", "o", "m/v1/")]
+    assert [v.key_prefix for v in versions_under("b", "m/", vs)] == ["m/v1/", "m/v2/"]
+    assert [v.key_prefix for v in versions_under("b", "m/v1/", vs)] == ["m/v1/"]
+    assert versions_under("b", "m/v1/sub/", vs) == []  # a version holding it is not under it
+
+
+def test_an_unknown_version_names_the_versions_under_it_bounded() -> None:
+    none = UnknownVersion("hz", "s3://b/m/v9/", [])
+    assert none.status == 404 and none.details() == {"versions": [], "versions_total": 0}
+    assert str(none) == ("site hz has no version at s3://b/m/v9/, and none under it: warm it "
+                         "first (`cachectl models --site hz` lists the versions the site has)")
+    two = UnknownVersion("hz", "s3://b/m/", [("s3://b/m/v1/", "ready"),
+                                             ("s3://b/m/v2/", "evicted")])
+    assert str(two) == ("site hz has no version at s3://b/m/; name one of its versions under "
+                        "it: s3://b/m/v1/ (ready), s3://b/m/v2/ (evicted)")
+    many = UnknownVersion("hz", "s3://b/m/", [(f"s3://b/m/v{i:02}/", "ready")
+                                              for i in range(57)])
+    assert "(the first 20 of 57): s3://b/m/v00/ (ready), " in str(many)
+    assert str(many).endswith("s3://b/m/v19/ (ready)")
+    assert many.details()["versions_total"] == 57 and len(many.details()["versions"]) == 20
