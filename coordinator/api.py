@@ -22,6 +22,8 @@ from coordinator.errors import (
     Conflict,
     CoordinatorError,
     EmptyPrefix,
+    Internal,
+    NodesFailed,
     NotFound,
     UnknownVersion,
 )
@@ -38,8 +40,20 @@ MAX_BODY = 64 * 1024
 
 
 def _error(err: CoordinatorError) -> web.Response:
+    """Return the answer of an error: its status, Retry-After if it has one, JSON reason."""
     body = json.dumps({"error": type(err).__name__, "reason": str(err), **err.details()}) + "\n"
-    return web.Response(status=err.status, text=body, content_type="application/json")
+    headers = {} if err.retry_after_s is None else {"Retry-After": str(err.retry_after_s)}
+    return web.Response(status=err.status, text=body, content_type="application/json",
+                        headers=headers)
+
+
+def as_answer(e: Exception) -> CoordinatorError:
+    """Return the error a caller is told of for any exception a handler raised."""
+    if isinstance(e, CoordinatorError):
+        return e  # its class carries the status (errors.py)
+    if isinstance(e, NodeFailed):
+        return NodesFailed(str(e))
+    return Internal(f"unexpected {type(e).__name__}: see the coordinator's log")
 
 
 def _json(data: dict[str, Any], status: int = 200) -> web.Response:
@@ -76,12 +90,16 @@ class CoordinatorApi:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer every error of every route through one mapping (as_answer, errors.py)."""
         try:
             return await handler(request)
-        except CoordinatorError as e:
-            return _error(e)
-        except NodeFailed as e:
-            return _error(CoordinatorError(str(e)))
+        except web.HTTPException:
+            raise  # aiohttp's own: no such route, wrong method
+        except Exception as e:
+            answer = as_answer(e)
+            if isinstance(answer, Internal):
+                log.exception("%s %s failed", request.method, request.path)
+            return _error(answer)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:

@@ -29,7 +29,7 @@ class Coordinator:
         c = self.config = config
         self.metrics = CoordinatorMetrics()
         self.store = EtcdStateStore(c.etcd_hostports, c.cluster, c.replica_id)
-        self.nodes = Nodes(c.etcd_endpoints, c.cluster, c.node_timeout_s)
+        self.nodes = Nodes(self.store, c.node_timeout_s)
         self.lister = Lister(c.origin_endpoint_url, c.origin_region)
         self.scheduler = Scheduler(c, self.store, self.nodes, self.lister, self.metrics)
         # The election has its own etcd channel: a slow job write must not delay a refresh.

@@ -12,6 +12,7 @@ class CoordinatorError(Exception):
     """Base of every error the coordinator reports to a caller."""
 
     status = 500
+    retry_after_s: int | None = None  # sent as Retry-After: the caller may try again then
 
     def details(self) -> dict[str, Any]:
         """Return fields the JSON answer carries besides `error` and `reason`."""
@@ -84,13 +85,25 @@ class OriginFailed(CoordinatorError):
     status = 502
 
 
+class NodesFailed(CoordinatorError):
+    """The cache nodes of a site could not be asked what the request needs."""
+
+    status = 502
+
+
 class StateUnavailable(CoordinatorError):
     """etcd, where all state lives, cannot be reached."""
 
     status = 503
+    retry_after_s = 1
 
 
 class NotLeader(CoordinatorError):
     """This replica lost the leadership while writing (the write was refused by etcd)."""
 
     status = 503
+    retry_after_s = 1
+
+
+class Internal(CoordinatorError):
+    """A bug: something failed that the coordinator has no answer for (see its log)."""

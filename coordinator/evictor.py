@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import BadSite
+from coordinator.errors import BadSite, StateUnavailable
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.planner import EvictVersion, evictions, overlapping
@@ -101,7 +101,7 @@ class Evictor:
         """Return the bytes the site's nodes freed, or None if some node did not answer."""
         try:
             members = list((await self._nodes.view(a.site)).members.values())
-        except (BadSite, NodeFailed) as e:
+        except (BadSite, NodeFailed, StateUnavailable) as e:
             log.warning("evict %s at %s: cannot read the site's members: %s", a.key_prefix,
                         a.site, e)
             return None

@@ -6,8 +6,11 @@ answer is awaited with a deadline, never a guessed sleep.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,12 @@ import pytest
 from tests.cluster import LocalGroup
 from tests.coordproc import CoordinatorProcess
 from tests.integration.test_coordinator import BS, coordinator, gets, read_all, upload, warm
+from tests.servers import Etcd
 
 pytestmark = pytest.mark.integration
 QUICK_S = 2.0  # an answer that needs a few etcd reads on loopback comes within this
+ETCD_CALL_S = 5.0  # the coordinator's deadline of one etcd call (EtcdStateStore timeout_s)
+REGISTER_S = 15.0  # nodes whose leases lapsed are registered again: TTL 4 s + backoff + margin
 
 
 @pytest.fixture
@@ -103,3 +109,100 @@ def test_a_known_version_that_holds_or_lies_within_another_is_still_refused(
                                   f"s3://{bucket}/{other} (nodes evict by prefix)")
     states = {v["prefix"]: v["state"] for v in coord.call("GET", "/v1/models")[1]["versions"]}
     assert states == {f"s3://{bucket}/nest/": "ready", f"s3://{bucket}/nest/v1/": "ready"}
+
+
+@dataclass
+class Stack:
+    """A cache group and a coordinator on an etcd of their own, which the test may stop."""
+
+    etcd: Etcd
+    group: LocalGroup
+    coord: CoordinatorProcess
+
+
+@pytest.fixture
+def stack(tmp_path: Path, s3) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    with contextlib.ExitStack() as es:
+        etcd = es.enter_context(Etcd(tmp_path / "etcd"))
+        group = es.enter_context(LocalGroup(tmp_path / "g", s3.env(), etcd.endpoint, 2,
+                                            "--capacity", "1GiB"))
+        coord = CoordinatorProcess(tmp_path, s3.env(), etcd.endpoint, group.cluster,
+                                   "c1").start()
+        es.callback(coord.stop)
+        es.callback(lambda: etcd.running or etcd.start())  # stop the others on a live etcd
+        es.callback(etcd.resume)
+        coord.wait_leader()
+        yield Stack(etcd, group, coord)
+
+
+def routes(bucket: str) -> list[tuple[str, str, Any, int]]:
+    """Return every route that needs etcd: (method, path, body, status once etcd is up)."""
+    version = {"prefix": f"s3://{bucket}/m/v9/", "site": "s1"}
+    return [("GET", "/v1/jobs", None, 200),
+            ("POST", "/v1/jobs", {"prefix": f"s3://{bucket}/m/v1/", "sites": ["s1"]}, 201),
+            ("GET", "/v1/jobs/w-00000000", None, 404),
+            ("POST", "/v1/jobs/w-00000000/cancel", None, 404),
+            ("GET", "/v1/models", None, 200), ("GET", "/v1/models?site=s1", None, 200),
+            ("POST", "/v1/pin", version, 404), ("POST", "/v1/unpin", version, 404),
+            ("POST", "/v1/evict", version, 404),
+            ("GET", "/v1/sites/s1/policy", None, 200),
+            ("PUT", "/v1/sites/s1/policy", {"keep": 3}, 200)]
+
+
+def call_all(c: CoordinatorProcess, table: list[tuple[str, str, Any, int]]
+             ) -> list[tuple[int, dict[str, str], Any, float]]:
+    """Call every route at once; return (status, headers, body, seconds) of each."""
+    def one(route: tuple[str, str, Any, int]) -> tuple[int, dict[str, str], Any, float]:
+        t0 = time.monotonic()
+        status, headers, body = c.request(route[0], route[1], route[2])
+        return status, headers, body, time.monotonic() - t0
+
+    with ThreadPoolExecutor(len(table)) as pool:
+        return list(pool.map(one, table))
+
+
+def assert_503_naming_etcd(c: CoordinatorProcess, bucket: str, within_s: float) -> None:
+    """Assert that every route answers 503 + Retry-After + a reason naming etcd in time."""
+    table = routes(bucket)
+    for (method, path, _, _), (status, headers, body, took) in zip(
+            table, call_all(c, table), strict=True):
+        assert (status, headers.get("Retry-After"), body["error"]) == (
+            503, "1", "StateUnavailable"), (method, path, body)
+        assert body["reason"].startswith("etcd at 127.0.0.1:"), body
+        assert took < within_s, (method, path, took)
+
+
+def assert_answers_again(c: CoordinatorProcess, bucket: str, within_s: float) -> None:
+    """Assert that the API answers within `within_s` of etcd coming back, and every route as
+    with etcd up once the nodes are registered again (a pause lets their leases lapse)."""
+    deadline = time.monotonic() + within_s
+    while c.call("GET", "/v1/jobs")[0] != 200:
+        assert time.monotonic() < deadline, c.call("GET", "/v1/jobs")
+        time.sleep(0.05)
+    table, deadline = routes(bucket), time.monotonic() + REGISTER_S
+    want = [(m, p, status) for m, p, _, status in table]
+    while (got := [(m, p, status) for (m, p, _, _), (status, _, _, _) in zip(
+            table, call_all(c, table), strict=True)]) != want:
+        assert time.monotonic() < deadline, got
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("how", ["kill", "pause"])
+def test_etcd_down_is_503_with_retry_after_on_every_route_and_all_answer_once_back(
+        stack: Stack, s3, bucket: str, how: str) -> None:  # type: ignore[no-untyped-def]
+    """Inject: etcd killed (calls refused) or paused (calls hang): every route that needs it
+    answers 503 naming etcd, within an etcd call deadline; once back, all answer again and
+    a warmup completes."""
+    upload(s3, bucket, "m/v1/", {"w.bin": BS + 5})
+    c = stack.coord
+    if how == "kill":
+        stack.etcd.kill()
+        assert_503_naming_etcd(c, bucket, within_s=QUICK_S)
+        stack.etcd.start()
+    else:
+        stack.etcd.pause()
+        assert_503_naming_etcd(c, bucket, within_s=ETCD_CALL_S + QUICK_S)
+        stack.etcd.resume()
+    assert_answers_again(c, bucket, within_s=ETCD_CALL_S + QUICK_S)
+    job = c.call("GET", "/v1/jobs")[1]["jobs"][0]  # the POST of assert_answers_again
+    assert c.wait_job(job["id"], timeout_s=60)["state"] == "complete"
