@@ -113,7 +113,8 @@ async def wait_for(fetch: Callable[[str], Awaitable[Job]], job_id: str,
 
 async def cmd_warmup(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
     """Start a warmup job; with --wait follow it to the end and exit by its final state."""
-    job = await cc.create_job(_check_prefix(args.url), args.sites, args.verify, args.pattern)
+    job = await cc.create_job(_check_prefix(args.url), args.sites, args.verify, args.pattern,
+                              args.job_id)
     job_id = str(job.get("id") or "")
     if not job_id:
         raise ClientError(f"the coordinator at {cc.base_url} answered without a job id")
@@ -255,6 +256,9 @@ def add_commands(sub: Any) -> None:
     w.add_argument("--pattern", metavar="TEMPLATE", help="how bucket/prefix names a model "
                    "and a version: {model} is one or more path segments, {version} one, * any "
                    "one (default {model}/{version}: the last path segment is the version)")
+    w.add_argument("--job-id", metavar="ID", help="the job's id (1-64 letters, digits, '.', "
+                   "'_', '-'; default a fresh one): the same command with the same id starts no "
+                   "second job, it shows the first")
     w.add_argument("--wait", action="store_true", help="follow the job (progress on stderr), "
                    "print a summary; exit 0 complete, 1 failed, 2 cancelled")
     j = add("jobs", cmd_jobs, "list warmup jobs, newest first")

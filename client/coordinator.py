@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
@@ -32,6 +33,11 @@ def coordinator_url(url: str) -> str:
     return str(u.with_query(None).with_fragment(None)).rstrip("/")
 
 
+def new_job_id() -> str:
+    """Return a fresh job id (48 random bits: ids of concurrent clients do not meet)."""
+    return "w-" + secrets.token_hex(6)
+
+
 class CoordinatorClient:
     """Client of one coordinator URL: `async with CoordinatorClient("host:8081") as cc:`."""
 
@@ -56,9 +62,14 @@ class CoordinatorClient:
             self._session = None
 
     async def create_job(self, prefix: str, sites: Sequence[str], verify: bool = False,
-                         pattern: str | None = None) -> Job:
-        """Start a warmup job of every object under `prefix` at `sites`; return the job."""
-        body = {"prefix": prefix, "sites": list(sites), "verify": verify, "pattern": pattern}
+                         pattern: str | None = None, job_id: str | None = None) -> Job:
+        """Start a warmup job of every object under `prefix` at `sites`; return the job.
+
+        The job's id is chosen here (`job_id`, else a fresh one), so the request can be sent
+        again after a lost answer: the coordinator returns the job it already has.
+        """
+        body = {"id": job_id or new_job_id(), "prefix": prefix, "sites": list(sites),
+                "verify": verify, "pattern": pattern}
         return dict(await self._call("POST", "/v1/jobs", "job", body=body))
 
     async def jobs(self, limit: int = 50) -> list[Job]:

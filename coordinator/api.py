@@ -28,7 +28,7 @@ from coordinator.errors import (
     UnknownVersion,
 )
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.model import Job, Version, check_site, model_of, new_job_id, parse_prefix
+from coordinator.model import Job, Version, check_site, job_of, parse_prefix, same_warmup
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.origin import Lister
 from coordinator.planner import overlapping, versions_under
@@ -122,28 +122,34 @@ class CoordinatorApi:
     # -- jobs -------------------------------------------------------------------------------
 
     async def _create_job(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        bucket, prefix = parse_prefix(body.get("prefix"))  # type: ignore[arg-type]
-        sites = body.get("sites")
-        if isinstance(sites, str):
-            sites = [s for s in sites.split(",") if s]
-        if not isinstance(sites, list) or not sites:
-            raise BadSite("name at least one site (\"sites\": [\"hz\"])")
-        sites = list(dict.fromkeys(check_site(s) for s in sites))
-        pattern = body.get("pattern")
-        model, version = model_of(bucket, prefix, pattern or self._cfg.model_pattern)
-        for site in sites:
+        """Create a job; a body naming the id of an existing job gets that job back (200).
+
+        A client that picks the id can send the request again after a lost answer (a 503,
+        a timeout) without starting a second warmup.
+        """
+        job = job_of(await self._body(request), self._cfg.model_pattern)
+        if (known := await self._store.get_job(job.id)) is not None:
+            return await self._same_job(known, job)
+        for site in job.sites:
             await self._site_exists(site)
-        await self._not_empty(bucket, prefix)
-        verify = body.get("verify", False)
-        if not isinstance(verify, bool):
-            raise BadRequest("verify must be true or false")
-        job = Job(new_job_id(), bucket, prefix, sites, model, version, verify=verify)
-        await self._store.create_job(job)
-        log.info("job %s: warm %s onto %s (%s %s)", job.id, job.prefix, ",".join(sites),
-                 model, version)
+        await self._not_empty(job.bucket, job.key_prefix)
+        if not await self._store.create_job(job):  # the same id, created meanwhile
+            known = await self._store.get_job(job.id)
+            if known is not None:
+                return await self._same_job(known, job)
+            raise Conflict(f"job id {job.id} was just taken and is gone: try again")
+        log.info("job %s: warm %s onto %s (%s %s)", job.id, job.prefix, ",".join(job.sites),
+                 job.model, job.version)
         self._wake()
         return _json({"job": job.to_dict()}, 201)
+
+    async def _same_job(self, known: Job, asked: Job) -> web.Response:
+        """Answer a request for a job id that exists: that job if it is the same warmup."""
+        if not same_warmup(known, asked):
+            raise Conflict(f"job id {known.id} already names a warmup of {known.prefix} onto "
+                           f"{','.join(known.sites)}: choose another id")
+        known.cancel_requested = known.id in await self._store.cancel_requests()
+        return _json({"job": known.to_dict()}, 200)
 
     async def _site_exists(self, site: str) -> None:
         try:

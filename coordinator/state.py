@@ -46,7 +46,7 @@ class StateStore(Protocol):
     identity: str
     cluster: str
 
-    async def create_job(self, job: Job) -> None: ...
+    async def create_job(self, job: Job) -> bool: ...
     async def put_job(self, job: Job) -> None: ...
     async def get_job(self, job_id: str) -> Job | None: ...
     async def list_jobs(self) -> list[Job]: ...
@@ -160,9 +160,16 @@ class EtcdStateStore:
     def _job_key(self, job_id: str) -> str:
         return f"{self.root}jobs/{_q(job_id)}"
 
-    async def create_job(self, job: Job) -> None:
-        """Record a new job (any replica may; the leader picks it up)."""
-        await self._put(self._job_key(job.id), json.dumps(job.to_dict()).encode())
+    async def create_job(self, job: Job) -> bool:
+        """Record a new job unless its id is taken; return whether it was (any replica may)."""
+        key, value = self._job_key(job.id).encode(), json.dumps(job.to_dict()).encode()
+
+        async def txn(c: Any) -> bool:
+            ok, _ = await c.transaction(compare=[c.transactions.create(key) == 0],
+                                        success=[c.transactions.put(key, value)], failure=[])
+            return bool(ok)
+
+        return await self.call(txn)
 
     async def put_job(self, job: Job) -> None:
         """Write a job's state and progress (leader only)."""

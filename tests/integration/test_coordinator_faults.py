@@ -206,3 +206,23 @@ def test_etcd_down_is_503_with_retry_after_on_every_route_and_all_answer_once_ba
     assert_answers_again(c, bucket, within_s=ETCD_CALL_S + QUICK_S)
     job = c.call("GET", "/v1/jobs")[1]["jobs"][0]  # the POST of assert_answers_again
     assert c.wait_job(job["id"], timeout_s=60)["state"] == "complete"
+
+
+def test_a_resent_job_request_with_its_id_starts_no_second_job(
+        group: LocalGroup, coord: CoordinatorProcess, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """Inject: the same POST /v1/jobs sent again (a retry after a lost answer), eight times at
+    once: one job; the same id for another warmup is a 409."""
+    upload(s3, bucket, "r/v1/", {"w.bin": 10})
+    body = {"id": "rollout-1", "prefix": f"s3://{bucket}/r/v1/", "sites": ["s1"]}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: coord.call("POST", "/v1/jobs", body), range(8)))
+    assert sorted(status for status, _ in answers) == [200] * 7 + [201], answers
+    assert {a["job"]["id"] for _, a in answers} == {"rollout-1"}
+    assert coord.wait_job("rollout-1")["state"] == "complete"
+    status, again = coord.call("POST", "/v1/jobs", body)
+    assert (status, again["job"]["state"]) == (200, "complete")  # the job it made, finished
+    status, other = coord.call("POST", "/v1/jobs", {**body, "prefix": f"s3://{bucket}/r/"})
+    assert (status, other["error"]) == (409, "Conflict"), other
+    assert other["reason"] == (f"job id rollout-1 already names a warmup of s3://{bucket}/r/v1/ "
+                               "onto s1: choose another id")
+    assert [j["id"] for j in coord.call("GET", "/v1/jobs")[1]["jobs"]] == ["rollout-1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import json
 import re
 import signal
@@ -96,7 +97,11 @@ class FakeCoordinator:
             return self.error(400, "BadRequest", f"unknown site in {sites}: known are hz, fra")
         if prefix.endswith("/empty/"):
             return self.error(404, "NoObjects", f"no objects under {prefix}")
-        job_id = f"w-{len(self.jobs) + 1:08x}"
+        job_id = b.get("id") or f"w-{len(self.jobs) + 1:08x}"
+        if job_id in self.jobs:  # a resent request: the job it created (coordinator/API.md)
+            same = (self.jobs[job_id]["prefix"], self.jobs[job_id]["sites"]) == (prefix, sites)
+            return (web.json_response({"job": self.jobs[job_id]}) if same else
+                    self.error(409, "Conflict", f"job id {job_id} already names a warmup"))
         bucket, _, key = prefix[5:].partition("/")
         self.jobs[job_id] = {
             "id": job_id, "prefix": prefix, "bucket": bucket, "key_prefix": key, "sites": sites,
@@ -168,6 +173,8 @@ async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeCoordinator
     monkeypatch.setattr(cli_coordinator, "POLL_S", 0.01)
     monkeypatch.setattr(cli_coordinator, "GIVE_UP_S", 2.0)
     monkeypatch.delenv("CACHECTL_COORDINATOR", raising=False)
+    ids = itertools.count(1)
+    monkeypatch.setattr("client.coordinator.new_job_id", lambda: f"w-{next(ids):08x}")
     f = FakeCoordinator()
     async with TestServer(f.app, host="127.0.0.1") as server:
         f.url = f"127.0.0.1:{server.port}"
@@ -198,7 +205,8 @@ async def test_warmup_wait_complete(fake: FakeCoordinator, cachectl: Run) -> Non
                                     "--verify", "--pattern", "(?P<model>.+)/(?P<version>v\\d+)",
                                     "--wait")
     assert code == 0, err
-    assert job_posts(fake) == [{"prefix": "s3://b/m/v2/", "sites": ["hz", "fra"], "verify": True,
+    assert job_posts(fake) == [{"id": "w-00000001", "prefix": "s3://b/m/v2/",
+                                "sites": ["hz", "fra"], "verify": True,
                                 "pattern": "(?P<model>.+)/(?P<version>v\\d+)"}]
     lines = out.splitlines()
     assert lines[0] == "w-00000001"
@@ -257,9 +265,21 @@ async def test_warmup_without_wait(fake: FakeCoordinator, cachectl: Run) -> None
     assert await cachectl("warmup", "s3://b/m/v2/", "--site", "hz") == (0, "w-00000001\n", "")
     code, out, _ = await cachectl("warmup", "s3://b/m/v2/", "--site", "hz", "--json")
     assert code == 0 and json.loads(out)["job"]["id"] == "w-00000002"
-    assert job_posts(fake)[0] == {"prefix": "s3://b/m/v2/", "sites": ["hz"], "verify": False,
-                                  "pattern": None}
+    assert job_posts(fake)[0] == {"id": "w-00000001", "prefix": "s3://b/m/v2/", "sites": ["hz"],
+                                  "verify": False, "pattern": None}
     assert all(m == "POST" for m, _, _ in fake.requests)  # nothing polled
+
+
+@pytest.mark.asyncio
+async def test_warmup_with_a_job_id_run_twice_starts_one_job(fake: FakeCoordinator,
+                                                             cachectl: Run) -> None:
+    argv = ["warmup", "s3://b/m/v2/", "--site", "hz", "--job-id", "rollout-7"]
+    assert await cachectl(*argv) == (0, "rollout-7\n", "")
+    assert await cachectl(*argv) == (0, "rollout-7\n", "")
+    assert list(fake.jobs) == ["rollout-7"]
+    assert [b["id"] for b in job_posts(fake)] == ["rollout-7", "rollout-7"]
+    assert await cachectl("warmup", "s3://b/m/v3/", "--site", "hz", "--job-id", "rollout-7") == (
+        1, "", "cachectl: job id rollout-7 already names a warmup\n")
 
 
 @pytest.mark.asyncio
@@ -394,7 +414,7 @@ async def test_ctrl_c_stops_waiting_and_says_how_to_cancel(fake: FakeCoordinator
     fake.plan = [RUNNING]  # runs forever
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "client.cli", "--coordinator", fake.url,
-        "warmup", "s3://b/m/v2/", "--site", "hz", "--wait", cwd=ROOT,
+        "warmup", "s3://b/m/v2/", "--site", "hz", "--wait", "--job-id", "w-00000001", cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     try:
