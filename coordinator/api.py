@@ -113,7 +113,9 @@ class CoordinatorApi:
         return body
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return _json(self._health())
+        """Answer 200 while this replica can tell who leads, else 503 (a readiness probe)."""
+        health = self._health()
+        return _json(health, 200 if health["ok"] else 503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self._metrics.registry),

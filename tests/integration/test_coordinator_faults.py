@@ -24,6 +24,7 @@ from tests.servers import Etcd
 pytestmark = pytest.mark.integration
 QUICK_S = 2.0  # an answer that needs a few etcd reads on loopback comes within this
 ETCD_CALL_S = 5.0  # the coordinator's deadline of one etcd call (EtcdStateStore timeout_s)
+LEASE_TTL_S = 3.0  # the test coordinators' --lease-ttl (tests/coordproc.py FAST)
 REGISTER_S = 15.0  # nodes whose leases lapsed are registered again: TTL 4 s + backoff + margin
 
 
@@ -187,25 +188,62 @@ def assert_answers_again(c: CoordinatorProcess, bucket: str, within_s: float) ->
         time.sleep(0.2)
 
 
+def health(c: CoordinatorProcess) -> tuple[int, dict[str, Any]]:
+    """Return /healthz's (status, body), asserting it answers at once (it never waits on etcd)."""
+    status, body, took = timed(c, "GET", "/healthz")
+    assert took < QUICK_S, took
+    return status, body
+
+
+def wait_health(replicas: list[CoordinatorProcess], deadline: float, healthy: bool) -> None:
+    """Wait until every replica's /healthz names the one leader among them, or (not
+    `healthy`) answers 503 naming no leader, with a reason."""
+    while True:
+        got = {c.id: health(c) for c in replicas}
+        named = {b["leader_id"] for _, b in got.values()}
+        leading = [i for i, (_, b) in got.items() if b["leader"]]
+        if healthy:
+            done = all(status == 200 and b["etcd_healthy"] for status, b in got.values()) \
+                and len(named) == 1 and leading == list(named)
+        else:
+            done = all((status, b["etcd_healthy"], b["leader"], b["leader_id"], bool(
+                b["reason"])) == (503, False, False, None, True) for status, b in got.values())
+        if done:
+            return
+        assert time.monotonic() < deadline, got
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize("how", ["kill", "pause"])
-def test_etcd_down_is_503_with_retry_after_on_every_route_and_all_answer_once_back(
-        stack: Stack, s3, bucket: str, how: str) -> None:  # type: ignore[no-untyped-def]
-    """Inject: etcd killed (calls refused) or paused (calls hang): every route that needs it
-    answers 503 naming etcd, within an etcd call deadline; once back, all answer again and
-    a warmup completes."""
+def test_etcd_down_is_503_on_every_route_and_healthz_stops_naming_a_leader(
+        stack: Stack, tmp_path: Path, s3, bucket: str, how: str) -> None:  # type: ignore[no-untyped-def]
+    """Inject: etcd killed (calls refused) or paused (calls hang), under a leader and a
+    follower. Every route that needs etcd answers 503 naming it within an etcd call deadline;
+    both /healthz answer 503 with no leader within a lease TTL; once etcd is back, all answer
+    again, one leader is named by both, and a warmup completes."""
     upload(s3, bucket, "m/v1/", {"w.bin": BS + 5})
-    c = stack.coord
-    if how == "kill":
-        stack.etcd.kill()
-        assert_503_naming_etcd(c, bucket, within_s=QUICK_S)
-        stack.etcd.start()
-    else:
-        stack.etcd.pause()
-        assert_503_naming_etcd(c, bucket, within_s=ETCD_CALL_S + QUICK_S)
-        stack.etcd.resume()
-    assert_answers_again(c, bucket, within_s=ETCD_CALL_S + QUICK_S)
-    job = c.call("GET", "/v1/jobs")[1]["jobs"][0]  # the POST of assert_answers_again
-    assert c.wait_job(job["id"], timeout_s=60)["state"] == "complete"
+    c1 = stack.coord
+    c2 = CoordinatorProcess(tmp_path, s3.env(), stack.etcd.endpoint, stack.group.cluster,
+                            "c2").start()
+    try:
+        wait_health([c1, c2], time.monotonic() + QUICK_S, healthy=True)
+        assert health(c2)[1]["leader_id"] == "c1"
+        t0 = time.monotonic()
+        if how == "kill":
+            stack.etcd.kill()
+            assert_503_naming_etcd(c1, bucket, within_s=QUICK_S)
+        else:
+            stack.etcd.pause()
+            assert_503_naming_etcd(c1, bucket, within_s=ETCD_CALL_S + QUICK_S)
+        wait_health([c1, c2], t0 + LEASE_TTL_S + QUICK_S, healthy=False)
+        stack.etcd.start() if how == "kill" else stack.etcd.resume()
+        t1 = time.monotonic()
+        assert_answers_again(c1, bucket, within_s=ETCD_CALL_S + QUICK_S)
+        wait_health([c1, c2], t1 + REGISTER_S, healthy=True)  # an old lease lapses first
+        job = c1.call("GET", "/v1/jobs")[1]["jobs"][0]  # the POST of assert_answers_again
+        assert c1.wait_job(job["id"], timeout_s=60)["state"] == "complete"
+    finally:
+        c2.stop()
 
 
 def test_a_resent_job_request_with_its_id_starts_no_second_job(
