@@ -7,6 +7,8 @@ answer is awaited with a deadline, never a guessed sleep.
 from __future__ import annotations
 
 import contextlib
+import json
+import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +20,15 @@ import pytest
 
 from tests.cluster import LocalGroup
 from tests.coordproc import CoordinatorProcess
-from tests.integration.test_coordinator import BS, coordinator, gets, read_all, upload, warm
+from tests.integration.test_coordinator import (
+    BS,
+    CACHECTL,
+    coordinator,
+    gets,
+    read_all,
+    upload,
+    warm,
+)
 from tests.servers import Etcd
 
 pytestmark = pytest.mark.integration
@@ -264,3 +274,44 @@ def test_a_resent_job_request_with_its_id_starts_no_second_job(
     assert other["reason"] == (f"job id rollout-1 already names a warmup of s3://{bucket}/r/v1/ "
                                "onto s1: choose another id")
     assert [j["id"] for j in coord.call("GET", "/v1/jobs")[1]["jobs"]] == ["rollout-1"]
+
+
+def test_cachectl_started_while_etcd_is_down_retries_and_finishes_once_it_is_back(
+        stack: Stack, tmp_path: Path, s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """Inject: etcd killed before `cachectl warmup --wait` starts. A command with a short
+    --retry-for gives up on time naming etcd; the warmup retries, starts one job once etcd
+    is back and exits 0 when the job is complete."""
+    upload(s3, bucket, "m/v1/", {"w.bin": BS + 7})
+    c = stack.coord
+    stack.etcd.kill()
+    t0 = time.monotonic()
+    r = subprocess.run([CACHECTL, "--coordinator", c.url, "jobs", "--retry-for", "2"],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, 2 <= time.monotonic() - t0 < 2 + QUICK_S) == (1, True), r.stderr
+    assert r.stderr.splitlines()[-1].startswith(
+        f"cachectl: gave up after retrying for 2s: the coordinator at {c.url} answered GET "
+        "/v1/jobs with 503 (StateUnavailable): etcd at 127.0.0.1:"), r.stderr
+
+    err_path = tmp_path / "cachectl.err"
+    with open(err_path, "w") as err:
+        proc = subprocess.Popen([CACHECTL, "--coordinator", c.url, "warmup",
+                                 f"s3://{bucket}/m/v1/", "--site", "s1", "--wait", "--json"],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        deadline = time.monotonic() + QUICK_S
+        while "retrying for up to 60s" not in err_path.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.05)
+        stack.etcd.start()
+        out, _ = proc.communicate(timeout=60)  # nodes re-register, a leader is elected, it runs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    notes = err_path.read_text()
+    assert proc.returncode == 0, notes
+    assert notes.startswith("cachectl: etcd at 127.0.0.1:") and \
+        "cachectl: the coordinator answers again\n" in notes, notes
+    job = json.loads(out)["job"]
+    assert (job["state"], job["progress"]["blocks_done"]) == ("complete", 2)
+    assert [j["id"] for j in c.call("GET", "/v1/jobs")[1]["jobs"]] == [job["id"]]  # one job
