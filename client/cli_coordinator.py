@@ -227,8 +227,8 @@ def _positive(s: str) -> int:
     return n
 
 
-def add_commands(sub: Any) -> None:
-    """Add the coordinator commands to cachectl's subparsers."""
+def _common_options() -> argparse.ArgumentParser:
+    """Return the parser of the options every coordinator command takes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--coordinator", default=argparse.SUPPRESS, metavar="URL",
                         help="coordinator URL, host:port or http://host:port "
@@ -239,6 +239,12 @@ def add_commands(sub: Any) -> None:
                         "502/503/504: etcd down, a failover) this long; 0: never "
                         f"[default {GIVE_UP_S:g}]")
     common.set_defaults(coordinator_command=True)
+    return common
+
+
+def add_commands(sub: Any) -> None:
+    """Add the coordinator commands to cachectl's subparsers."""
+    common = _common_options()
 
     def add(name: str, fn: Any, help: str, **kw: Any) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help,
