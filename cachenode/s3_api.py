@@ -69,7 +69,7 @@ class S3Api:
 
     def app(self) -> web.Application:
         """Return the aiohttp application (one route: every method, every path)."""
-        app = web.Application(middlewares=[self._measure], client_max_size=0)
+        app = web.Application(middlewares=[self._measure])  # bodies are never read
         app.router.add_route("*", r"/{tail:[\s\S]*}", self._dispatch)  # keys may hold \n
         return app
 
