@@ -216,3 +216,30 @@ async def test_response_overrides_and_virtual_hosted_addressing(node: Node) -> N
     assert status == 200 and b"<Key>m/a.bin</Key>" in body
     status, _, body = await raw(node, "/bkt/m/a.bin", headers={"Host": "s3.test"})
     assert status == 200 and body == DATA  # the bare domain is path-style
+
+
+@pytest.mark.asyncio
+async def test_a_warm_get_object_leaves_from_disk(node: Node) -> None:
+    await get_object(node, Key="m/a.bin")  # cold: filled, then sent from the stored files
+    disk = node.node.metrics.value("blockcache_served_bytes_total", source="disk")
+    gets = sum(node.origin.gets.values())
+    _, body = await get_object(node, Key="m/a.bin")
+    assert body == DATA and sum(node.origin.gets.values()) == gets
+    # every byte from block files: BodySender's sendfile path, as for the range API
+    assert node.node.metrics.value("blockcache_served_bytes_total", source="disk") == (
+        disk + len(DATA))
+
+
+@pytest.mark.asyncio
+async def test_the_metadata_cache_is_bounded_by_bytes(node: Node,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import cachenode.service as service
+
+    monkeypatch.setattr(service, "METADATA_CACHE_BYTES", 20_000)
+    meta = tuple((f"x-amz-meta-k{i}", "v" * 100) for i in range(16))  # ~2 KB each
+    for i in range(40):
+        node.origin.put("bkt", f"many/{i}", b"1", headers=meta)
+        await node.node.service.stat("bkt", f"many/{i}")
+    svc = node.node.service
+    assert 5 <= len(svc._meta) <= 10 and svc._meta_bytes <= 20_000
+    assert svc._meta_bytes == sum(service.entry_bytes(m) for _, m in svc._meta.values())
