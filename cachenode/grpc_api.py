@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
 
+from cachenode.access import AccessDenied, Authenticator, OpenAccess, require_read
+from cachenode.auth.grpc_auth import call_view
 from cachenode.blocks import BlockRef, ObjectMeta, block_count
 from cachenode.checksum import crc32c
 from cachenode.errors import (
@@ -37,7 +40,9 @@ from cachenode.singleflight import FlightCancelled
 CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
 MAX_REQUEST_BYTES = 64 * 1024  # a request names one object: keys are at most 1 KiB
 MAX_STREAMS_PER_CONNECTION = 128
+CODE_KEY = "blockcache-code"  # trailing metadata of a refusal: the S3 error code
 GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
+    AccessDenied: grpc.StatusCode.PERMISSION_DENIED,  # bad credentials: UNAUTHENTICATED
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
     MalformedRange: grpc.StatusCode.INVALID_ARGUMENT,
     RangeNotSatisfiable: grpc.StatusCode.OUT_OF_RANGE,
@@ -56,6 +61,8 @@ GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
 
 def code_of(err: CacheError) -> grpc.StatusCode:
     """Return the gRPC status code for a cache error (most specific class wins)."""
+    if isinstance(err, AccessDenied) and getattr(err, "code", "") != "AccessDenied":
+        return grpc.StatusCode.UNAUTHENTICATED  # no valid credential, not a scope refusal
     for cls in type(err).__mro__:
         if cls in GRPC_STATUS:
             return GRPC_STATUS[cls]
@@ -71,12 +78,21 @@ def info_of(meta: ObjectMeta, block_size: int) -> pb.ObjectInfo:
 class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     """Serve Stat, ReadRange and ReadBlock from the node's BlockService."""
 
-    def __init__(self, service: BlockService, metrics: NodeMetrics, block_size: int) -> None:
+    def __init__(self, service: BlockService, metrics: NodeMetrics, block_size: int,
+                 authenticator: Authenticator | None = None) -> None:
         self._service, self._metrics, self._block_size = service, metrics, block_size
+        self._auth = authenticator or OpenAccess()
+
+    def _check(self, method: str, request: object, context: grpc.aio.ServicerContext) -> None:
+        """Raise AccessDenied unless the call's credentials may read what it names."""
+        view = call_view(method, request, context.invocation_metadata() or ())
+        principal = self._auth.authenticate(view, time.time())
+        require_read(principal, getattr(request, "bucket"), getattr(request, "key"))
 
     async def Stat(self, request: pb.StatRequest,
                    context: grpc.aio.ServicerContext) -> pb.ObjectInfo:
         try:
+            self._check("Stat", request, context)
             meta = await self._service.stat(request.bucket, request.key)
         except CacheError as e:
             await self._abort(context, "Stat", e)
@@ -86,6 +102,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadRange(self, request: pb.ReadRangeRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
+            self._check("ReadRange", request, context)
             meta = await self._service.pinned(request.bucket, request.key, request.etag)
             start = request.offset
             end = meta.size - 1 if request.length < 0 else start + request.length - 1
@@ -109,6 +126,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadBlock(self, request: pb.ReadBlockRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
+            self._check("ReadBlock", request, context)
             meta = await self._service.pinned(request.bucket, request.key, request.etag)
             if request.object_size != meta.size:  # the block id does not cover the size
                 raise BadRequest(f"object_size {request.object_size} does not match the "
@@ -140,8 +158,11 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
                      err: CacheError) -> None:
         code = code_of(err)
         self._metrics.requests.labels("grpc", code.name).inc()
-        await context.abort(code, f"{type(err).__name__}: {err}",
-                            trailing_metadata=((ERROR_KEY, type(err).__name__),))
+        trailing: tuple[tuple[str, str], ...] = ((ERROR_KEY, type(err).__name__),)
+        if isinstance(err, AccessDenied):
+            self._metrics.auth_failures.labels("grpc", err.code).inc()
+            trailing += ((CODE_KEY, err.code),)
+        await context.abort(code, f"{type(err).__name__}: {err}", trailing_metadata=trailing)
 
 
 async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics) -> AsyncIterator[bytes]:
@@ -191,7 +212,8 @@ def server_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
 
 
 async def start_grpc_server(service: BlockService, metrics: NodeMetrics, addr: tuple[str, int],
-                            limits: ConnectionLimits) -> tuple[grpc.aio.Server, int]:
+                            limits: ConnectionLimits, authenticator: Authenticator | None = None
+                            ) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on host:port and return it with the bound port.
 
     Calls beyond one per allowed HTTP connection get RESOURCE_EXHAUSTED (each holds up to
@@ -200,7 +222,7 @@ async def start_grpc_server(service: BlockService, metrics: NodeMetrics, addr: t
     server = grpc.aio.server(options=server_options(limits),
                              maximum_concurrent_rpcs=limits.http_connections)
     pb_grpc.add_BlockCacheServicer_to_server(
-        BlockCacheServicer(service, metrics, service.block_size), server)
+        BlockCacheServicer(service, metrics, service.block_size, authenticator), server)
     host, port = addr
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
