@@ -41,7 +41,7 @@ def test_a_signed_peer_request_is_the_clusters_own(keys: object) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(name=st.sampled_from([*PEER, "method", "path", "t"]), data=st.data())
+@given(name=st.sampled_from([*PEER, "method", "path", "t", "n"]), data=st.data())
 def test_any_tampered_signed_part_is_refused(name: str, data: st.DataObject) -> None:
     now = time.time()
     view = peer_view(now)
@@ -54,6 +54,10 @@ def test_any_tampered_signed_part_is_refused(name: str, data: st.DataObject) -> 
         t = int(h[HEADER.lower()].split(",")[0][2:])
         step = data.draw(st.sampled_from([-1, 1]))
         h[HEADER.lower()] = h[HEADER.lower()].replace(f"t={t}", f"t={t + step}")
+    elif name == "n":
+        n = h[HEADER.lower()].split(",")[1][2:]
+        h[HEADER.lower()] = h[HEADER.lower()].replace(f"n={n}", f"n={n[::-1]}" if n != n[::-1]
+                                                      else "n=" + "0" * 15 + "1")
     else:
         h[name.lower()] = data.draw(st.sampled_from(["", "0", "2", "bytes=0-1", '"e2"']).filter(
             lambda v: v != h[name.lower()]))
@@ -87,6 +91,8 @@ def test_a_signed_post_signs_its_body_and_is_accepted_once() -> None:
     assert auth.authenticate(view, now) is CLUSTER
     with pytest.raises(AccessDenied, match="replay"):
         auth.authenticate(view, now + 1)
+    again = peer_view(now, method="POST", path="/_evict", headers=headers)  # a retry: new nonce
+    assert auth.authenticate(again, now) is CLUSTER
     assert body_matches(headers, body) and not body_matches(headers, body + b" ")
 
 
