@@ -52,6 +52,10 @@ def claim_of(view: RequestView, service: str = "s3") -> Claim | None:
                            "Authorization header or X-Amz-* query parameters, not both")
     if auth is not None:
         return header_claim(view, auth, service)
+    if not presigned and any(n == "AWSAccessKeyId" for n, _ in query_pairs(view.raw_query)):
+        raise AccessDenied("InvalidRequest", "signature version 2 presigned URLs are not "
+                           f"supported; presign with {ALGORITHM} (boto3: Config("
+                           "signature_version='s3v4'))")
     return query_claim(view, service) if presigned else None
 
 
