@@ -24,12 +24,13 @@ from cachenode.auth.cluster import BODY_SHA256, HEADER, ClusterKey
 from cachenode.auth.grpc_auth import GrpcCredentials
 from cachenode.blocks import BlockRef
 from cachenode.config import NodeConfig
-from cachenode.errors import CacheError
+from cachenode.errors import CacheError, PeerUnavailable
 from cachenode.metrics import NodeMetrics
 from cachenode.node import CacheNode
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
 from cachenode.peers import PeerClient
+from cachenode.peers_http import HttpPeerClient
 from tests.fakes import FakeOrigin, blob
 
 pytestmark = pytest.mark.asyncio
@@ -271,3 +272,20 @@ async def test_peer_client_signs_read_block(node: Node) -> None:
     finally:
         await signed_client.close()
         await plain.close()
+
+
+async def test_http_peer_client_signs_and_a_refusal_fails_over(node: Node) -> None:
+    data = blob(BS + 3)
+    node.origin.put("bkt", "team-b/m.bin", data)
+    meta = await node.node.service.stat("bkt", "team-b/m.bin")
+    addr = f"127.0.0.1:{node.node.http_port}"
+    good = HttpPeerClient(NodeMetrics(), 10.0, cluster=ClusterKey(CLUSTER_SECRET))
+    wrong = HttpPeerClient(NodeMetrics(), 10.0, cluster=ClusterKey(b"another-secret-0123456"))
+    try:
+        assert await good.read_block(addr, BlockRef(meta, 1, BS), hops=1, epoch=0) == data[BS:]
+        with pytest.raises(PeerUnavailable, match="cluster signature"):  # next owner, origin
+            await wrong.read_block(addr, BlockRef(meta, 0, BS), hops=1, epoch=0)
+        assert wrong.is_down(addr)
+    finally:
+        await good.close()
+        await wrong.close()
