@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         uvloop.run(serve(config))
+    except ConfigError as e:  # a secret file that cannot be read or is too short
+        print(f"cachecoordinator: invalid configuration: {e}", file=sys.stderr)
+        return 2
     except OSError as e:
         print(f"cachecoordinator: cannot start: {e}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cachenode.auth.cluster import ClusterKey
 from coordinator.api import CoordinatorApi
 from coordinator.config import CoordinatorConfig
 from coordinator.election import Election
@@ -29,7 +30,9 @@ class Coordinator:
         c = self.config = config
         self.metrics = CoordinatorMetrics()
         self.store = EtcdStateStore(c.etcd_hostports, c.cluster, c.replica_id)
-        self.nodes = Nodes(self.store, c.node_timeout_s)
+        cluster = (ClusterKey.from_file(c.cluster_secret_file)
+                   if c.cluster_secret_file is not None else None)
+        self.nodes = Nodes(self.store, c.node_timeout_s, cluster)
         self.lister = Lister(c.origin_endpoint_url, c.origin_region)
         self.scheduler = Scheduler(c, self.store, self.nodes, self.lister, self.metrics)
         # The election has its own etcd channel: a slow job write must not delay a refresh.

@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from cachenode.settings import (
     ConfigError,
@@ -22,6 +23,11 @@ from coordinator.errors import BadPattern
 from coordinator.model import DEFAULT_PATTERN, compile_pattern
 
 ENV_PREFIX = "CACHECOORD_"
+
+
+def _path(text: str) -> Path | None:
+    """Return a file path, or None for an empty one."""
+    return Path(text) if str(text).strip() else None
 
 
 def _default_id() -> str:
@@ -71,6 +77,10 @@ class CoordinatorConfig:
         parse_duration))
     node_timeout_s: float = field(default=120.0, metadata=_opt(
         "--node-timeout", "deadline of one warm or evict request to a node", parse_duration))
+    cluster_secret_file: Path | None = field(default=None, metadata=_opt(
+        "--cluster-secret-file", "file holding the cache group's cluster secret (the nodes' "
+        "--cluster-secret-file): /_warm and /_evict are signed with it; empty = unsigned",
+        _path))
     max_objects: int = field(default=1_000_000, metadata=_opt(
         "--max-objects", "most objects one warmup may list", int))
     reconcile_s: float = field(default=2.0, metadata=_opt(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import time
 from typing import Any
 
 import aiohttp
 
+from cachenode.auth.cluster import BODY_SHA256, HEADER, ClusterKey
 from client.errors import ClientError
 from client.membership import GroupView, base_url, from_records
 from coordinator.errors import BadSite
@@ -18,12 +21,18 @@ class NodeFailed(Exception):
     """A node did not answer a warm or evict request (unreachable, timed out, 5xx)."""
 
 
+class NodeRefused(NodeFailed):
+    """A node refused the coordinator (403): a missing or wrong cluster secret, not a blip."""
+
+
 class Nodes:
     """HTTP to the cache nodes of every site, with one bounded session; members from etcd."""
 
-    def __init__(self, store: StateStore, timeout_s: float) -> None:
+    def __init__(self, store: StateStore, timeout_s: float,
+                 cluster: ClusterKey | None = None) -> None:
         self._store, self._timeout_s = store, timeout_s
         self._session: aiohttp.ClientSession | None = None
+        self._cluster = cluster  # signs /_warm and /_evict when the nodes have a secret
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -57,18 +66,29 @@ class Nodes:
     async def _post(self, addr: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self._timeout_s):
-                async with self.session.post(base_url(addr) + path, json=body) as r:
+                data = json.dumps(body).encode()
+                async with self.session.post(base_url(addr) + path, data=data,
+                                             headers=self._signed(path, data)) as r:
                     text = await r.text()
                     if r.status != 200:
                         try:
                             reason = json.loads(text).get("reason", text)
                         except ValueError:
                             reason = text
-                        raise NodeFailed(f"{addr}{path}: HTTP {r.status}: {str(reason)[:300]}")
+                        err = NodeRefused if r.status == 403 else NodeFailed
+                        raise err(f"{addr}{path}: HTTP {r.status}: {str(reason)[:300]}")
                     answer: dict[str, Any] = json.loads(text)
                     return answer
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
             raise NodeFailed(f"{addr}{path}: {type(e).__name__}: {e}") from None
+
+    def _signed(self, path: str, data: bytes) -> dict[str, str]:
+        """Return the headers of a POST of `data`, signed with the cluster secret if any."""
+        headers = {"Content-Type": "application/json"}
+        if self._cluster is not None:
+            headers[BODY_SHA256] = hashlib.sha256(data).hexdigest()
+            headers[HEADER] = self._cluster.sign("POST", path, "", headers, time.time())
+        return headers
 
     async def warm(self, addr: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         """Ask a node to warm a batch of blocks; return its per-block results, in order."""

@@ -23,7 +23,7 @@ from client.membership import GroupView
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import BadSite, StateUnavailable
 from coordinator.model import MAX_FAILED_OBJECTS, MAX_REASON, FailedObject, Progress
-from coordinator.nodes import NodeFailed, Nodes
+from coordinator.nodes import NodeFailed, NodeRefused, Nodes
 from coordinator.planner import (
     RETRYABLE,
     BlockTask,
@@ -185,8 +185,10 @@ class SiteWarmup:
                                                                 self._verify))
         except NodeFailed as e:
             log.warning("site %s: warm batch on %s failed: %s", self.site, node, e)
+            # Refused (403): retrying cannot help until the cluster secrets agree.
+            name = "AccessDenied" if isinstance(e, NodeRefused) else "Unreachable"
             for t in batch:
-                self._fail(t, "Unreachable", str(e))
+                self._fail(t, name, str(e))
             return
         filled = 0
         for t, r in zip(batch, results, strict=True):
