@@ -252,3 +252,40 @@ def test_a_group_with_keys_and_a_cluster_secret(auth_group: LocalGroup, s3, buck
     status, _, _ = plain_get(owner, "/_evict")
     assert status in (403, 405)
     assert proxy.total == 0
+
+
+def test_the_s3_port_takes_the_same_keys(node: NodeProcess, s3, bucket: str,  # type: ignore[no-untyped-def]
+                                         proxy, signed_at: Callable[[float], None]) -> None:
+    data = pattern(BS + 9, 4)
+    s3.put_object(bucket, "team-a/s.bin", data)
+    s3.put_object(bucket, "team-b/x.bin", data)
+
+    def on_s3(key_id: str, secret: str) -> Any:
+        return boto3.client("s3", endpoint_url=node.s3_url, aws_access_key_id=key_id,
+                            aws_secret_access_key=secret, region_name="us-east-1",
+                            config=botocore.config.Config(s3={"addressing_style": "path"},
+                                                          retries={"max_attempts": 1}))
+
+    a = on_s3("AKIDA", SECRET_A)
+    assert a.get_object(Bucket=bucket, Key="team-a/s.bin")["Body"].read() == data
+    listed = a.list_objects_v2(Bucket=bucket, Prefix="team-a/")
+    assert [o["Key"] for o in listed["Contents"]] == ["team-a/s.bin"]
+    proxy.reset()
+
+    def code(call: Callable[[], object]) -> str:
+        with pytest.raises(ClientError) as e:
+            call()
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+        return str(e.value.response["Error"]["Code"])
+
+    assert code(lambda: on_s3("AKIDA", "wrong-secret-0123456789").get_object(
+        Bucket=bucket, Key="team-a/s.bin")) == "SignatureDoesNotMatch"
+    assert code(lambda: on_s3("NOSUCHKEY", SECRET_A).get_object(
+        Bucket=bucket, Key="team-a/s.bin")) == "InvalidAccessKeyId"
+    assert code(lambda: a.get_object(Bucket=bucket, Key="team-b/x.bin")) == "AccessDenied"
+    assert code(lambda: a.get_object(Bucket=bucket, Key="team-b/nope")) == "AccessDenied"
+    assert code(lambda: a.list_objects_v2(Bucket=bucket, Prefix="team-b/")) == "AccessDenied"
+    signed_at(20 * 60)
+    assert code(lambda: a.get_object(Bucket=bucket, Key="team-a/s.bin")
+                ) == "RequestTimeTooSkewed"
+    assert proxy.total == 0  # no refusal reached the origin
