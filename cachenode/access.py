@@ -44,6 +44,8 @@ class Principal:
     scopes: tuple[Scope, ...] = ()  # empty: everything the node's origin credentials can read
     unrestricted: bool = False  # True for OPEN and for keys configured without scopes
     internal: bool = False  # a node or coordinator of this cluster (or no auth at all: OPEN)
+    tenant: str = ""  # whose quota and origin budget this request's fills count against
+    # ('' = nobody's: no auth, the cluster itself, or a key of the --access-keys file)
 
     def may_read(self, bucket: str, key: str) -> bool:
         """Return whether this principal may read object `bucket/key`."""
@@ -59,6 +61,38 @@ class Principal:
 
 
 OPEN = Principal("anonymous", (), unrestricted=True, internal=True)  # no auth configured
+
+
+@dataclass(frozen=True, slots=True)
+class TenantLimits:
+    """What one tenant may use of one site (None: no limit). Nodes enforce their share of it.
+
+    A site's limit is split among its nodes by their share of the ring (blocks are spread by
+    hash, so each node holds about its share of every tenant's bytes and fills).
+    """
+
+    quota_bytes: int | None = None  # bytes held: versions it warmed or pinned + its read-through
+    origin_bytes_per_s: int | None = None  # origin egress its fills may use
+    origin_fills: int | None = None  # origin fills in flight at once
+
+
+NO_LIMITS = TenantLimits()
+
+
+class TenantDirectory(Protocol):
+    """The limits of each tenant at this node's site (tenants in etcd, or none at all)."""
+
+    def limits(self, tenant: str) -> TenantLimits:
+        """Return the tenant's limits at this site (NO_LIMITS for '' or an unknown tenant)."""
+        ...
+
+
+class NoTenants:
+    """The directory of a node without tenants: nobody has limits."""
+
+    def limits(self, tenant: str) -> TenantLimits:
+        """Return NO_LIMITS."""
+        return NO_LIMITS
 
 
 class AccessDenied(CacheError):
