@@ -27,10 +27,26 @@ __all__ = ["http_view", "principal", "require_bucket", "require_list", "require_
 
 
 def http_view(request: web.BaseRequest, transport: str) -> RequestView:
-    """Return the view of an aiohttp request: raw target and header pairs as received."""
+    """Return the view of an aiohttp request: raw target and header pairs as received.
+
+    An absolute-form target (`GET http://host/b/k HTTP/1.1`, which the Run:ai streamer's
+    client sends) is reduced to its path and query: a signature covers only those.
+    """
     headers = [(k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
                for k, v in request.raw_headers]
-    return RequestView.of(request.method, request.raw_path, headers, transport)
+    return RequestView.of(request.method, origin_form(request.raw_path), headers, transport)
+
+
+def origin_form(target: str) -> str:
+    """Return a request target's path and query: absolute-form loses scheme and authority."""
+    scheme, sep, rest = target.partition("://")
+    if not sep or "/" in scheme or "?" in scheme:
+        return target
+    slash = rest.find("/")
+    query = rest.find("?")
+    cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+    tail = rest[cut:]
+    return tail if tail.startswith("/") else "/" + tail
 
 
 def principal(auth: Authenticator, view: RequestView) -> Principal:

@@ -11,12 +11,12 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cachenode import authorize
 from cachenode.access import (
     AccessDenied,
     Authenticator,
     OpenAccess,
     Principal,
-    RequestView,
     require_list,
     require_read,
 )
@@ -63,10 +63,7 @@ class HttpApi:
 
     def _principal(self, request: web.Request) -> Principal:
         """Return who sent the request (cachenode/access.py), or raise AccessDenied."""
-        headers = [(k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
-                   for k, v in request.raw_headers]
-        view = RequestView.of(request.method, request.raw_path, headers, "http")
-        return self._auth.authenticate(view, time.time())
+        return authorize.principal(self._auth, authorize.http_view(request, "http"))
 
     def _failed(self, err: CacheError) -> web.Response:
         """Return the error response of a cache error, counting refusals."""

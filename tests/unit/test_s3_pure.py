@@ -132,3 +132,17 @@ def test_s3_listener_and_domain_settings() -> None:
     for bad in ("a..b", "a b", "-" * 70):
         with pytest.raises(ConfigError):
             parse_domain(bad)
+
+
+@pytest.mark.parametrize(("target", "want"), [
+    ("/b/k?x=1", "/b/k?x=1"),  # origin-form, as almost every client sends it
+    ("http://h:9000/b/k?x=1", "/b/k?x=1"),  # absolute-form (the Run:ai streamer's client)
+    ("https://h/b", "/b"),
+    ("http://h?list-type=2", "/?list-type=2"),
+    ("http://h", "/"),
+    ("/a://b", "/a://b"),  # a key holding '://' stays a path
+])
+def test_a_signature_covers_the_path_and_query_of_any_target_form(target: str,
+                                                                  want: str) -> None:
+    from cachenode.authorize import origin_form
+    assert origin_form(target) == want
