@@ -114,9 +114,9 @@ class EdgeAuthenticator:
         """Return the principal of a reader's bearer token or SigV4 credentials."""
         if not self.enabled:
             return ANONYMOUS  # open node: credentials, if any, are not checked
-        auth = request.headers.get("authorization", "")
-        if auth[:7].lower() == "bearer ":
-            return self._bearer(request, auth[7:].strip())
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return self._bearer(request, token.strip())
         claim = claims.claim_of(request)
         if claim is None:
             raise AccessDenied("AccessDenied", "credentials required: sign the request "

@@ -5,6 +5,7 @@ cluster secret."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import urllib.parse
@@ -250,3 +251,76 @@ def _answer(c: CoordinatorProcess, method: str, path: str, token: str,
             body: Any = None) -> tuple[int, Any]:
     status, _, answer = c.request(method, path, body, headers=bearer(token))
     return status, answer
+
+
+def _wait_job(c: CoordinatorProcess, job_id: str, token: str, timeout_s: float = 60) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, body = _answer(c, "GET", f"/v1/jobs/{job_id}", token)
+        assert status == 200, body
+        if body["job"]["state"] in ("complete", "failed", "cancelled"):
+            return body["job"]
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+def test_tenant_tokens_stay_inside_their_scopes_jobs_versions_and_quota(
+        stack: Stack, s3) -> None:  # type: ignore[no-untyped-def]
+    c, a, b, admin, bkt = stack.coord, stack.a.token, stack.b.token, stack.admin, stack.bucket
+    for v in ("v1", "v2"):
+        s3.put_object(bkt, f"team-a/m/{v}/w.bin", pattern(6 * MiB, 50 + int(v[1])))
+    status, body = _answer(c, "POST", "/v1/jobs", a, {"prefix": f"s3://{bkt}/team-b/",
+                                                      "sites": ["s1"]})
+    assert (status, body["error"]) == (403, "Forbidden"), body
+    status, body = _answer(c, "POST", "/v1/jobs", a, {"prefix": f"s3://{bkt}/team-a/m/v1/",
+                                                      "sites": ["s1"]})
+    assert status == 201, body
+    job = _wait_job(c, body["job"]["id"], a)
+    assert job["state"] == "complete" and job["tenant"] == "team-a", job
+    for method, path, body_ in (("GET", f"/v1/jobs/{job['id']}", None),
+                                ("POST", f"/v1/jobs/{job['id']}/cancel", None),
+                                ("POST", "/v1/pin", {"prefix": f"s3://{bkt}/team-a/m/v1/",
+                                                     "site": "s1"}),
+                                ("POST", "/v1/evict", {"prefix": f"s3://{bkt}/team-a/m/v1/",
+                                                       "site": "s1"})):
+        status, answer = _answer(c, method, path, b, body_)
+        assert status in (403, 404), (path, status, answer)  # invisible or out of scope
+    assert _answer(c, "GET", "/v1/jobs", b)[1]["jobs"] == []
+    assert _answer(c, "GET", "/v1/models", b)[1]["versions"] == []
+    [mine] = _answer(c, "GET", "/v1/models?site=s1", a)[1]["versions"]
+    assert (mine["version"], mine["tenants"], mine["state"]) == ("v1", ["team-a"], "ready")
+    for method, path, body_ in (("PUT", "/v1/sites/s1/policy", {"keep": 5}),
+                                ("POST", "/v1/tenants", {"name": "x", "read": ["s3://b/x/"]}),
+                                ("GET", "/v1/tenants", None), ("GET", "/v1/tenants/team-a", None),
+                                ("POST", "/v1/tenants/team-b/keys", None)):
+        assert _answer(c, method, path, b, body_)[0] == 403, path
+    assert _answer(c, "GET", "/v1/tenants/team-b", b)[0] == 200  # itself
+    v2 = {"prefix": f"s3://{bkt}/team-a/m/v2/", "sites": ["s1"]}
+    status, body = _answer(c, "POST", "/v1/jobs", a, v2)
+    assert (status, body["error"]) == (409, "QuotaExceeded"), body
+    assert (body["quota_bytes"], body["used_bytes"], body["asked_bytes"]) == (
+        10 * MiB, 6 * MiB, 6 * MiB), body
+    assert f"needs {6 * MiB} bytes, {6 * MiB} of its quota of {10 * MiB}" in body["reason"]
+    cachectl(c, admin, "tenant", "update", "team-a", "--over-quota", "evict-oldest")
+    status, body = _answer(c, "POST", "/v1/jobs", a, v2)
+    assert status == 201, body
+    assert _wait_job(c, body["job"]["id"], a)["state"] == "complete"
+    states = {v["version"]: v["state"] for v in _answer(c, "GET", "/v1/models", a)[1]["versions"]}
+    assert states["v2"] == "ready" and states.get("v1", "evicted") in ("evicting", "evicted")
+    extra = add_key(c, admin, "team-b")  # audited like every key change
+    cachectl(c, admin, "key", "revoke", "team-b", extra.key_id)
+    shown = cachectl(c, a, "tenant", "show", "team-a").stdout
+    assert "quota 10MiB" in shown, shown
+    audit = [json.loads(line) for line in (stack.base / "audit-c1.log").read_text().splitlines()]
+    seen = {(r["event"], r["actor"], r["result"]) for r in audit}
+    for want in (("tenant.create", "admin", "ok"), ("key.create", "admin", "ok"),
+                 ("key.revoke", "admin", "ok"), ("tenant.update", "admin", "ok"),
+                 ("warmup", "team-a", "ok"), ("warmup", "team-a", "refused"),
+                 ("policy.set", "team-b", "refused"), ("cancel", "team-b", "refused"),
+                 ("pin", "team-b", "refused"), ("evict", "team-b", "refused")):
+        assert want in seen, (want, sorted(seen))
+    quota = next(r for r in audit if r.get("error") == "QuotaExceeded")
+    assert quota["prefix"] == v2["prefix"] and quota["key_id"] == stack.a.key_id
+    text = (stack.base / "audit-c1.log").read_text()
+    for secret in (stack.a.secret, a, stack.b.secret, b, admin, extra.secret, extra.token):
+        assert secret not in text
