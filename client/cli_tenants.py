@@ -10,6 +10,7 @@ from typing import IO, Any
 from cachenode.settings import ConfigError, format_size, parse_size
 from client.coordinator import CoordinatorClient
 from client.errors import ClientError
+from client.progress import format_bytes
 
 SECRET_NOTE = ("the secret and token are shown this once: the coordinator keeps the secret "
                "sealed and only a hash of the token")
@@ -60,7 +61,7 @@ def tenant_lines(t: dict[str, Any]) -> list[str]:
         q, rate, fills = (lim.get(f) for f in ("quota_bytes", "origin_bytes_per_s",
                                                "origin_fills"))
         lines.append(f"  site {site}: quota {format_size(q) if q is not None else 'none'}"
-                     f" (holds {format_size(used.get(site, 0))}), origin "
+                     f" (holds {format_bytes(used.get(site, 0))}), origin "
                      f"{format_size(rate) + '/s' if rate is not None else 'unlimited'}, "
                      f"fills {fills if fills is not None else 'unlimited'}")
     lines += [f"  key    {k['access_key_id']}" for k in t.get("keys", [])]
