@@ -45,7 +45,8 @@ class Principal:
     unrestricted: bool = False  # True for OPEN and for keys configured without scopes
     internal: bool = False  # a node or coordinator of this cluster (or no auth at all: OPEN)
     tenant: str = ""  # whose quota and origin budget this request's fills count against
-    # ('' = nobody's: no auth, the cluster itself, or a key of the --access-keys file)
+    # ('' = nobody's: no auth or the cluster itself; a key of the --access-keys file is a
+    # tenant named by its key id, with no limits)
 
     def may_read(self, bucket: str, key: str) -> bool:
         """Return whether this principal may read object `bucket/key`."""

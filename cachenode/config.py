@@ -179,6 +179,16 @@ class NodeConfig:
         "--cluster-secret-file", "file holding the secret the group's nodes sign their "
         "requests to each other with (peer reads, handoff questions, /_warm, /_evict); "
         "required with --access-keys in a group (--etcd)", _path))
+    tenants: bool = field(default=False, metadata=_opt(
+        "--tenants", "follow the cluster's tenants in etcd (created through the coordinator): "
+        "every object read and listing then needs a tenant's SigV4 key, presigned URL or "
+        "bearer token whose read scopes cover it (with --access-keys, the file's keys work "
+        "too); needs --etcd and --cluster-secret-file, which unseals their SigV4 secrets",
+        _bool))
+    metrics_auth: bool = field(default=False, metadata=_opt(
+        "--metrics-auth", "with credentials required (--access-keys or --tenants), /metrics "
+        "needs one too (a valid key, token or cluster signature); else it stays open like "
+        "/healthz and /readyz", _bool))
     log_level: str = field(default="INFO", metadata=_opt(
         "--log-level", "DEBUG, INFO, WARNING or ERROR", str.upper))
 
@@ -223,6 +233,9 @@ class NodeConfig:
             raise ConfigError("--cluster-secret-file is required when --access-keys and "
                               "--etcd are set: without it peer reads could not be told from "
                               "forged ones")
+        if self.tenants and not (self.etcd_endpoints and self.cluster_secret_file):
+            raise ConfigError("--tenants needs --etcd (where tenants live) and "
+                              "--cluster-secret-file (which unseals their SigV4 secrets)")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"--log-level {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 

@@ -54,8 +54,10 @@ class HttpApi:
                  ready: Callable[[], str | None],
                  ring_view: Callable[[], dict[str, Any]] | None = None,
                  admin: Admin | None = None, body_timeout_s: float = 10.0,
-                 authenticator: Authenticator | None = None) -> None:
+                 authenticator: Authenticator | None = None, metrics_auth: bool = False
+                 ) -> None:
         self._service, self._metrics, self._ready = service, metrics, ready
+        self._metrics_auth = metrics_auth  # /metrics needs a credential when auth is on
         self._ring_view, self._admin = ring_view, admin
         self._body_timeout_s = body_timeout_s  # an admin body must arrive within this
         self._auth = authenticator or OpenAccess()
@@ -115,7 +117,19 @@ class HttpApi:
             return web.Response(status=503, text=f"not ready: {problem}\n")
         return web.Response(text="ready\n")
 
+    def _require_credential(self, request: web.Request) -> web.Response | None:
+        """Return a 403 unless the request carries a valid credential (when auth is on)."""
+        if not self._auth.enabled:
+            return None
+        try:
+            self._principal(request)
+        except AccessDenied as e:
+            return self._failed(e)
+        return None
+
     async def _ring(self, request: web.Request) -> web.Response:
+        if (refused := self._require_credential(request)) is not None:
+            return refused  # the group's addresses are no one's business but a reader's
         if self._ring_view is None:
             return web.json_response({"error": "NoRing", "reason": "no group view"}, status=404)
         return web.json_response(self._ring_view())
@@ -166,6 +180,8 @@ class HttpApi:
             return self._failed(e)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
+        if self._metrics_auth and (refused := self._require_credential(request)) is not None:
+            return refused
         resp = web.Response(body=generate_latest(self._metrics.registry))
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp

@@ -7,14 +7,15 @@ import logging
 import resource
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from cachenode.access import Authenticator, OpenAccess
+from cachenode.access import Authenticator, NoTenants, OpenAccess, TenantDirectory
+from cachenode.auth.tenant_table import TenantTable
 from cachenode.config import NodeConfig
 from cachenode.fill import Filler
 from cachenode.http_api import HttpApi
@@ -34,6 +35,7 @@ from cachenode.store.space import StoreSpace
 from cachenode.warm import Admin
 
 if TYPE_CHECKING:
+    from cachenode.auth.sealing import Sealer
     from cachenode.membership import Membership, NodeRecord
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,9 @@ class CacheNode:
         self.config = config
         self.authenticator: Authenticator = authenticator or OpenAccess()  # set at start
         self._given_auth = authenticator is not None
+        # The limits of each tenant at this site, for quotas and origin budgets: one object
+        # for the node's life, filled in place by the tenant watch (--tenants) once started.
+        self.tenants: TenantDirectory = TenantTable(config.site) if config.tenants else NoTenants()
         self.metrics = NodeMetrics()
         space = StoreSpace(config.data_dir, config.capacity_bytes, config.min_free_disk,
                            config.disk_check_interval_s)
@@ -94,7 +99,7 @@ class CacheNode:
     async def start(self) -> None:
         """Open the store, connect the origin and start listening; undo all on failure."""
         try:
-            self._start_auth()
+            await self._start_auth()
             await asyncio.get_running_loop().run_in_executor(None, self.store.open)
             self._stack.callback(self.store.close)
             if self._s3 is not None:
@@ -127,19 +132,26 @@ class CacheNode:
                  self.config.grpc_addr[0], self.grpc_port, s3, self.config.data_dir,
                  self.store.block_count, self.store.used_bytes, self.store.space.limit)
 
-    def _start_auth(self) -> None:
-        """Load access keys and the cluster secret (ConfigError if invalid); watch the keys."""
+    async def _start_auth(self) -> None:
+        """Load access keys and the cluster secret (ConfigError if invalid); watch the keys
+        and, with --tenants, the tenants in etcd (read once before the node serves)."""
         from cachenode.auth.edge import build_authenticator
 
-        def reloaded(result: str, keys: int) -> None:
-            self.metrics.access_key_reloads.labels(result).inc()
-            self.metrics.access_keys.set(keys)
+        table = self.tenants if isinstance(self.tenants, TenantTable) else None
+        counts = {"file": 0}
 
-        auth, keys, cluster = build_authenticator(self.config, reloaded)
+        def reloaded(result: str, keys: int) -> None:
+            counts["file"] = keys
+            self.metrics.access_key_reloads.labels(result).inc()
+            self.metrics.access_keys.set(keys + (len(table) if table is not None else 0))
+
+        auth, keys, cluster = build_authenticator(self.config, reloaded, table)
         if not self._given_auth:
             self.authenticator = auth
         if self.peers is not None:
             self.peers.cluster = cluster
+        if table is not None and cluster is not None:
+            await self._watch_tenants(table, cluster.sealer(), lambda: counts["file"])
         if keys is not None:
             watch = asyncio.ensure_future(keys.watch())
             self._stack.callback(watch.cancel)
@@ -150,12 +162,29 @@ class CacheNode:
             log.warning("no --cluster-secret-file: peer requests, /_warm and /_evict are "
                         "not authenticated (keep the nodes on a trusted network)")
 
+    async def _watch_tenants(self, table: TenantTable, sealer: Sealer,
+                             file_keys: Callable[[], int]) -> None:
+        """Read the tenants from etcd and follow them (keys, tokens, scopes, limits)."""
+        from cachenode.tenant_watch import TenantWatch
+
+        table.sealer = sealer
+
+        def changed(t: TenantTable) -> None:
+            self.metrics.access_keys.set(len(t) + file_keys())
+
+        watch = TenantWatch(list(self.config.etcd_endpoints), self.config.cluster, table,
+                            connect_timeout_s=self.config.etcd_connect_timeout_s,
+                            on_change=changed)
+        await watch.start()
+        self._stack.push_async_callback(watch.close)
+        log.info("tenants: %d with %d keys, followed in etcd", len(table.tenants), len(table))
+
     async def _start_http(self) -> Gate:
         """Listen for the range API; return the connection gate the S3 listener shares."""
         admin = Admin(self.config.node_id, self.service, self.store, self.metrics)
         api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view, admin,
                       body_timeout_s=self.config.header_timeout_s,
-                      authenticator=self.authenticator)
+                      authenticator=self.authenticator, metrics_auth=self.config.metrics_auth)
         self.limits = node_limits(self.config)
         gate = Gate(self.limits, self.metrics)
         self._stack.callback(gate.close)  # after the runners' cleanup (stack order)

@@ -39,7 +39,7 @@ def make_client(args: argparse.Namespace) -> CacheClient:
     nodes = [n for n in (args.node or args.nodes).split(",") if n.strip()]
     etcd = [u for u in args.etcd.split(",") if u.strip()] if args.etcd else []
     return CacheClient(nodes, etcd=etcd, cluster=args.cluster, site=args.site,
-                       concurrency=args.concurrency)
+                       concurrency=args.concurrency, token=args.token)
 
 
 async def cmd_ring(c: CacheClient, args: argparse.Namespace, out: IO[str]) -> None:
@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", default=env("CACHECTL_COORDINATOR", ""), metavar="URL",
                    help="coordinator for warmup, jobs, job, models, pin, unpin, evict, policy "
                    "(host:port or http://host:port) [env CACHECTL_COORDINATOR]")
+    p.add_argument("--token", default=env("CACHECTL_TOKEN", ""), metavar="TOKEN",
+                   help="bearer token sent to the coordinator (the admin's or a tenant's) and "
+                   "to the nodes (a tenant's) [env CACHECTL_TOKEN]")
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("ring", help="list the group's nodes, state and share of the ring")
     r.add_argument("--json", action="store_true", help="print JSON")

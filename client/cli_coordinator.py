@@ -11,6 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
+from client import cli_tenants
 from client.coordinator import CoordinatorClient, Job
 from client.errors import ClientError, CoordinatorUnavailable
 from client.progress import (
@@ -233,6 +234,8 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--coordinator", default=argparse.SUPPRESS, metavar="URL",
                         help="coordinator URL, host:port or http://host:port "
                         "[env CACHECTL_COORDINATOR]")
+    common.add_argument("--token", default=argparse.SUPPRESS, metavar="TOKEN",
+                        help="bearer token: the admin's or a tenant's [env CACHECTL_TOKEN]")
     common.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
     common.add_argument("--retry-for", type=_seconds, default=GIVE_UP_S, metavar="SECONDS",
                         help="retry a coordinator that cannot answer now (unreachable, "
@@ -285,6 +288,7 @@ def add_commands(sub: Any) -> None:
     pol.add_argument("--site", dest="site_name", required=True, metavar="SITE")
     pol.add_argument("--keep", type=_non_negative, metavar="K",
                      help="keep the K newest ready versions of each model (pinned ones stay too)")
+    cli_tenants.add_commands(add)
 
 
 def _note(message: str) -> None:
@@ -300,7 +304,8 @@ async def run(args: argparse.Namespace, out: IO[str]) -> int:
         args.sites = _sites(args.sites)
         if not args.sites:
             raise ClientError("give at least one --site")
+    cli_tenants.check(args)
     async with CoordinatorClient(args.coordinator, retry_s=args.retry_for,
-                                 note=_note) as cc:
+                                 note=_note, token=args.token) as cc:
         code: int = await args.fn(cc, args, out)
         return code

@@ -72,12 +72,14 @@ class CacheClient:
 
     def __init__(self, nodes: Sequence[str] = (), *, etcd: Sequence[str] = (),
                  cluster: str = "default", site: str = "default", concurrency: int = 8,
-                 timeout_s: float = 120.0, refresh_s: float = 10.0) -> None:
+                 timeout_s: float = 120.0, refresh_s: float = 10.0, token: str = "") -> None:
+        """Describe a client; `token` is a tenant's bearer token, sent on every request."""
         if not nodes and not etcd:
             raise ClientError("give seed nodes (host:port) or etcd URLs")
         if concurrency < 1:
             raise ClientError("concurrency must be at least 1")
         self._seeds, self._etcd = list(nodes), list(etcd)
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._cluster, self._site = cluster, site
         self.concurrency, self._timeout_s, self._refresh_s = concurrency, timeout_s, refresh_s
         self._session: aiohttp.ClientSession | None = None
@@ -100,6 +102,7 @@ class CacheClient:
     async def start(self) -> None:
         """Open the connection pool and learn the group."""
         self._session = aiohttp.ClientSession(
+            headers=self._auth,
             connector=aiohttp.TCPConnector(limit=max(64, 2 * self.concurrency)),
             timeout=aiohttp.ClientTimeout(total=self._timeout_s, sock_connect=3.0),
             auto_decompress=False)

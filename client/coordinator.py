@@ -47,8 +47,9 @@ class CoordinatorClient:
     """Client of one coordinator URL: `async with CoordinatorClient("host:8081") as cc:`."""
 
     def __init__(self, base_url: str, *, timeout_s: float = 30.0, retry_s: float = 60.0,
-                 note: Callable[[str], None] | None = None) -> None:
+                 note: Callable[[str], None] | None = None, token: str = "") -> None:
         self.base_url = coordinator_url(base_url)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.timeout_s = timeout_s  # one request
         self.retry_s = retry_s  # how long a request failing for a passing reason is retried
         self.note = note or (lambda message: None)  # told when retrying starts and ends
@@ -121,6 +122,36 @@ class CoordinatorClient:
         return dict(await self._call("PUT", f"/v1/sites/{_seg(site)}/policy", None,
                                      body={"keep": keep}))
 
+    async def create_tenant(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Create a tenant; return {"tenant": ..., "key": ...} (the key's secrets, once)."""
+        return dict(await self._call("POST", "/v1/tenants", None, body=doc, retry=False))
+
+    async def tenants(self) -> list[dict[str, Any]]:
+        """Return every tenant (scopes, limits, key ids)."""
+        return list(await self._call("GET", "/v1/tenants", "tenants"))
+
+    async def tenant(self, name: str) -> dict[str, Any]:
+        """Return one tenant with its key ids and the bytes it holds per site."""
+        return dict(await self._call("GET", f"/v1/tenants/{_seg(name)}", "tenant"))
+
+    async def update_tenant(self, name: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Change a tenant's scopes, limits or over-quota policy; return it."""
+        return dict(await self._call("PATCH", f"/v1/tenants/{_seg(name)}", "tenant", body=doc))
+
+    async def delete_tenant(self, name: str) -> dict[str, Any]:
+        """Delete a tenant and all of its keys."""
+        return dict(await self._call("DELETE", f"/v1/tenants/{_seg(name)}", None))
+
+    async def add_key(self, name: str) -> dict[str, Any]:
+        """Add a key to a tenant; return it with its secret and token (shown this once)."""
+        return dict(await self._call("POST", f"/v1/tenants/{_seg(name)}/keys", "key",
+                                     retry=False))
+
+    async def revoke_key(self, name: str, key_id: str) -> dict[str, Any]:
+        """Revoke one key of a tenant."""
+        return dict(await self._call("DELETE", f"/v1/tenants/{_seg(name)}/keys/{_seg(key_id)}",
+                                     None))
+
     async def health(self) -> dict[str, Any]:
         """Return the answering replica's health (CoordinatorError 503 if it cannot tell who
         leads: it is asked once, not retried)."""
@@ -174,7 +205,8 @@ class CoordinatorClient:
             raise RuntimeError("use `async with CoordinatorClient(...)`")
         url = self.base_url + path
         try:
-            async with self._session.request(method, url, params=params, json=body) as r:
+            async with self._session.request(method, url, params=params, json=body,
+                                             headers=self._headers) as r:
                 text = await r.text()
                 status, retry_after = r.status, r.headers.get("Retry-After")
         except TimeoutError:

@@ -10,6 +10,7 @@ import sys
 import uvloop
 
 from cachenode.config import ConfigError
+from coordinator import audit
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    audit.setup(config.audit_log)
     try:
         uvloop.run(serve(config))
     except ConfigError as e:  # a secret file that cannot be read or is too short

@@ -11,7 +11,10 @@ from typing import Any
 from aiohttp import web
 
 from cachenode.auth.cluster import ClusterKey
+from cachenode.auth.tenant_table import TenantTable
+from cachenode.tenant_watch import TenantWatch
 from coordinator.api import CoordinatorApi
+from coordinator.auth import ApiAuth, read_admin_token
 from coordinator.config import CoordinatorConfig
 from coordinator.election import Election
 from coordinator.metrics import CoordinatorMetrics
@@ -19,6 +22,7 @@ from coordinator.nodes import Nodes
 from coordinator.origin import Lister
 from coordinator.scheduler import Scheduler
 from coordinator.state import EtcdStateStore
+from coordinator.tenant_store import TenantStore
 
 log = logging.getLogger("coordinator")
 
@@ -32,7 +36,13 @@ class Coordinator:
         self.store = EtcdStateStore(c.etcd_hostports, c.cluster, c.replica_id)
         cluster = (ClusterKey.from_file(c.cluster_secret_file)
                    if c.cluster_secret_file is not None else None)
+        self._sealer = cluster.sealer() if cluster is not None else None
         self.nodes = Nodes(self.store, c.node_timeout_s, cluster)
+        admin = read_admin_token(c.admin_token_file) if c.admin_token_file else None
+        self.tenants = TenantTable()  # tokens of the tenants, as this replica follows them
+        self.auth = ApiAuth(admin, self.tenants, c.metrics_auth)
+        self._watch = TenantWatch(list(c.etcd_endpoints), c.cluster, self.tenants) \
+            if admin is not None else None
         self.lister = Lister(c.origin_endpoint_url, c.origin_region)
         self.scheduler = Scheduler(c, self.store, self.nodes, self.lister, self.metrics)
         # The election has its own etcd channel: a slow job write must not delay a refresh.
@@ -54,9 +64,15 @@ class Coordinator:
     async def start(self) -> None:
         """Start the API and join the election; close what opened if that fails."""
         try:
+            if self._watch is not None:
+                await self._watch.start()
+            else:
+                log.warning("no --admin-token-file: the coordinator API is open, anyone who "
+                            "reaches it may warm, evict, pin, cancel and manage tenants")
             await self.lister.start()
             api = CoordinatorApi(self.config, self.store, self.nodes, self.lister, self.metrics,
-                                 self.health, self.scheduler.wake.set)
+                                 self.health, self.scheduler.wake.set, self.auth,
+                                 TenantStore(self.store), self._sealer)
             self._runner = web.AppRunner(api.app(), access_log=None)
             await self._runner.setup()
             host, port = self.config.http_addr
@@ -78,6 +94,8 @@ class Coordinator:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.nodes.close()
+        if self._watch is not None:
+            await self._watch.close()
         await self.lister.close()
         await self.store.close()
         await self._election_store.close()

@@ -17,6 +17,7 @@ from cachenode.settings import (
     parse_size,
 )
 from cachenode.settings import opt as _opt
+from cachenode.settings import parse_bool as _bool
 from cachenode.settings import parse_name as _name
 from cachenode.settings import parse_urls as _urls
 from coordinator.errors import BadPattern
@@ -81,6 +82,16 @@ class CoordinatorConfig:
         "--cluster-secret-file", "file holding the cache group's cluster secret (the nodes' "
         "--cluster-secret-file): /_warm and /_evict are signed with it; empty = unsigned",
         _path))
+    admin_token_file: Path | None = field(default=None, metadata=_opt(
+        "--admin-token-file", "file holding the admin token (16+ characters): with it every "
+        "API route but /healthz (and /metrics, unless --metrics-auth) needs a token, the "
+        "admin's or a tenant's (Authorization: Bearer); empty = the API is open to anyone "
+        "who reaches it (a lab; a WARNING at start)", _path))
+    metrics_auth: bool = field(default=False, metadata=_opt(
+        "--metrics-auth", "with --admin-token-file, /metrics needs a token too", _bool))
+    audit_log: Path | None = field(default=None, metadata=_opt(
+        "--audit-log", "file the audit log (one JSON line per warmup, pin, unpin, evict, "
+        "cancel, policy, tenant or key change) is appended to; empty = stderr", _path))
     max_objects: int = field(default=1_000_000, metadata=_opt(
         "--max-objects", "most objects one warmup may list", int))
     reconcile_s: float = field(default=2.0, metadata=_opt(

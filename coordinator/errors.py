@@ -37,6 +37,46 @@ class BadPattern(BadRequest):
     """The model/version pattern does not compile or does not split the prefix."""
 
 
+class Unauthorized(CoordinatorError):
+    """The request carries no valid token (none, unknown, revoked): 401."""
+
+    status = 401
+
+
+class Forbidden(CoordinatorError):
+    """The caller's token is valid but does not allow this (another tenant's, admin only)."""
+
+    status = 403
+
+
+class QuotaExceeded(CoordinatorError):
+    """A warmup would take a tenant past its quota at a site; the numbers say by how much."""
+
+    status = 409
+
+    def __init__(self, tenant: str, site: str, quota: int, used: int, asked: int,
+                 evictable: int = 0) -> None:
+        super().__init__(tenant, site)
+        self.tenant, self.site, self.quota, self.used, self.asked = tenant, site, quota, used, asked
+        self.evictable = evictable  # bytes its own oldest unpinned versions would free
+
+    def __str__(self) -> str:
+        over = self.used + self.asked - self.quota
+        head = (f"tenant {self.tenant} at site {self.site}: this warmup needs {self.asked} "
+                f"bytes, {self.used} of its quota of {self.quota} are in use, so it would "
+                f"be {over} bytes over")
+        if self.evictable:
+            head += (f" even after evicting its own unpinned versions ({self.evictable} "
+                     "bytes)")
+        return head + ": evict or unpin a version first, or ask for a larger quota"
+
+    def details(self) -> dict[str, Any]:
+        """Return the numbers."""
+        return {"tenant": self.tenant, "site": self.site, "quota_bytes": self.quota,
+                "used_bytes": self.used, "asked_bytes": self.asked,
+                "evictable_bytes": self.evictable}
+
+
 class EmptyPrefix(CoordinatorError):
     """Nothing to warm: the prefix holds no objects, or the bucket does not exist."""
 

@@ -90,7 +90,7 @@ class Evictor:
             self.evicting.discard(key)
         if freed is None:
             return  # retried on the next sweep
-        v.state, v.updated = "evicted", time.time()
+        v.state, v.updated, v.tenants = "evicted", time.time(), []  # no one holds its bytes
         await self._store.put_version(v)
         self._metrics.evictions.labels(a.site).inc()
         self._metrics.evicted_bytes.inc(freed)

@@ -128,6 +128,8 @@ class Job:
     cancel_requested: bool = False
     leader: str | None = None
     runs: int = 0  # how many leaders have started it (a resume is run 2+)
+    tenant: str = ""  # the tenant that asked for it ('' = the admin)
+    asked_bytes: int = 0  # bytes under the prefix when it was asked for (quota admission)
     progress: Progress = field(default_factory=Progress)
     sites_progress: dict[str, Progress] = field(default_factory=dict)
     failed_objects: list[FailedObject] = field(default_factory=list)
@@ -217,6 +219,7 @@ class Version:
     ready_at: float | None = None
     updated: float = field(default_factory=time.time)
     job: str | None = None
+    tenants: list[str] = field(default_factory=list)  # who warmed it (its quota holders)
 
     @property
     def prefix(self) -> str:

@@ -249,6 +249,8 @@ class Scheduler:
             site, job.model, job.version, job.bucket, job.key_prefix)
         v.state, v.bytes, v.objects, v.job = state, p.bytes_total, p.objects, job.id
         v.bucket, v.key_prefix, v.updated = job.bucket, job.key_prefix, time.time()
+        if job.tenant and job.tenant not in v.tenants:
+            v.tenants = [*v.tenants, job.tenant]
         if state == "ready":
             v.ready_at = v.updated
         await self._store.put_version(v)

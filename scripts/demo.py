@@ -1,7 +1,8 @@
-"""Run the local stack: SeaweedFS + etcd + a group of 3 cache nodes + a coordinator; warm a
-generated model with `cachectl warmup --wait`, then read it through the group (ring-aware
-client, plain HTTP range GETs via one node, `cachectl get`) with no origin reads, verifying
-every byte against the origin."""
+"""Run the local stack with auth on: SeaweedFS + etcd + a group of 3 cache nodes + a
+coordinator, sharing a cluster secret, the coordinator with an admin token; create a tenant
+whose keys the reads use, warm a generated model with `cachectl warmup --wait` as that
+tenant, then read it through the group (ring-aware client, plain HTTP range GETs via one
+node, `cachectl get`) with no origin reads, verifying every byte against the origin."""
 
 from __future__ import annotations
 
@@ -24,6 +25,13 @@ from client import CacheClient  # noqa: E402
 from tests.cluster import LocalGroup  # noqa: E402
 from tests.coordproc import CoordinatorProcess  # noqa: E402
 from tests.servers import Etcd, SeaweedFS  # noqa: E402
+from tests.tenantstack import (  # noqa: E402
+    Key,
+    create_tenant,
+    secured_coordinator,
+    secured_group,
+    write_secrets,
+)
 
 BUCKET, PREFIX = "models", "demo-llm/v1/"
 PART = 4 * 1024 * 1024
@@ -85,10 +93,10 @@ async def read_through(session: aiohttp.ClientSession, url: str, size: int,
     return h.hexdigest()
 
 
-async def read_model(base: str, files: dict[str, Path], parallel: int) -> float:
+async def read_model(base: str, files: dict[str, Path], parallel: int, token: str) -> float:
     """Read every file of the model through the node, verify it, and return the seconds."""
     t0 = time.monotonic()
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as s:
         for key, path in files.items():
             url = f"{base}/{BUCKET}/{key}"
             got = await read_through(s, url, path.stat().st_size, parallel)
@@ -104,10 +112,11 @@ async def read_model(base: str, files: dict[str, Path], parallel: int) -> float:
     return time.monotonic() - t0
 
 
-async def read_with_client(seeds: list[str], files: dict[str, Path], parallel: int) -> float:
+async def read_with_client(seeds: list[str], files: dict[str, Path], parallel: int,
+                           token: str) -> float:
     """Read every file with the ring-aware client (blocks from their owners); return seconds."""
     t0 = time.monotonic()
-    async with CacheClient(seeds, concurrency=parallel) as c:
+    async with CacheClient(seeds, concurrency=parallel, token=token) as c:
         for key, path in files.items():
             info = await c.stat(BUCKET, key)
             h = hashlib.sha256()
@@ -136,18 +145,27 @@ def main() -> int:
             s3.make_bucket(BUCKET)
             for key, path in files.items():
                 s3.put_file(BUCKET, key, path)
-            with LocalGroup(work / "group", s3.env(), etcd.endpoint, args.nodes,
-                            "--capacity", "2GiB", "--log-level", "WARNING",
-                            cluster="demo", site="local") as group:
-                coord = CoordinatorProcess(work, s3.env(), etcd.endpoint, "demo", "coord-0",
-                                           "--log-level", "WARNING").start()
+            cluster_secret, admin_file, admin = write_secrets(work / "secrets")
+            print(f"auth on: cluster secret {cluster_secret}, admin token {admin_file}")
+            with secured_group(work / "group", s3.env(), etcd.endpoint, args.nodes,
+                               cluster_secret, "--capacity", "2GiB", "--log-level", "WARNING",
+                               site="local") as group:
+                coord = secured_coordinator(work, s3.env(), etcd.endpoint, group.cluster,
+                                            cluster_secret, admin_file, "--log-level",
+                                            "WARNING", replica="coord-0").start()
                 try:
-                    run(group, coord, files, args, work)
+                    print(f"$ cachectl tenant create demo --read s3://{BUCKET}/{PREFIX} "
+                          "--quota local=1GiB   (with the admin token)")
+                    key = create_tenant(coord, admin, "demo", "--read",
+                                        f"s3://{BUCKET}/{PREFIX}", "--quota", "local=1GiB")
+                    print(f"tenant demo: access key {key.key_id}, its secret and token "
+                          "printed once (the reads below use the token)")
+                    run(group, coord, files, args, work, key)
                 finally:
                     coord.stop()
                 if args.keep:
-                    print(f"serving; try: curl -r 0-99 {group.nodes[0].url}/{BUCKET}/"
-                          f"{PREFIX}config.json   (Ctrl-C to stop)")
+                    print(f"serving; try: curl -r 0-99 -H 'Authorization: Bearer {key.token}' "
+                          f"{group.nodes[0].url}/{BUCKET}/{PREFIX}config.json   (Ctrl-C to stop)")
                     try:
                         group.nodes[0].proc.wait()  # type: ignore[union-attr]
                     except KeyboardInterrupt:
@@ -156,26 +174,26 @@ def main() -> int:
 
 
 def run(group: LocalGroup, coord: CoordinatorProcess, files: dict[str, Path],
-        args: argparse.Namespace, work: Path) -> None:
-    """Show the ring, warm the model, read it three ways; print the figures."""
-    cachectl = str(Path(sys.executable).parent / "cachectl")
+        args: argparse.Namespace, work: Path, key: Key) -> None:
+    """Show the ring, warm the model, read it three ways as the tenant; print the figures."""
+    cachectl = [str(Path(sys.executable).parent / "cachectl"), "--token", key.token]
     seeds = ",".join(group.seeds)
     print(f"cache group of {len(group.nodes)} nodes registered in etcd:")
-    subprocess.run([cachectl, "--nodes", seeds, "ring"], check=True)
+    subprocess.run([*cachectl, "--nodes", seeds, "ring"], check=True)
     mib = sum(p.stat().st_size for p in files.values()) / 2**20
     blocks = sum(-(-p.stat().st_size // PART) for p in files.values())
     print(f"$ cachectl warmup s3://{BUCKET}/{PREFIX} --site local --wait")
     t0 = time.monotonic()
-    subprocess.run([cachectl, "--coordinator", coord.url, "warmup", f"s3://{BUCKET}/{PREFIX}",
-                    "--site", "local", "--wait"], check=True)
+    subprocess.run([*cachectl, "--coordinator", coord.url, "warmup",
+                    f"s3://{BUCKET}/{PREFIX}", "--site", "local", "--wait"], check=True)
     took = time.monotonic() - t0
     gets_warmup = group.metric("blockcache_origin_requests_total", op="get")
     print(f"warmup: {mib:.0f} MiB in {took:.2f}s, {gets_warmup:.0f} origin GETs for "
           f"{blocks} blocks")
-    cold = asyncio.run(read_with_client(group.seeds, files, args.parallel))
+    cold = asyncio.run(read_with_client(group.seeds, files, args.parallel, key.token))
     gets_read = group.metric("blockcache_origin_requests_total", op="get") - gets_warmup
     base = group.nodes[0].url
-    warm = asyncio.run(read_model(base, files, args.parallel))
+    warm = asyncio.run(read_model(base, files, args.parallel, key.token))
     gets_http = group.metric("blockcache_origin_requests_total", op="get") - gets_warmup
     print(f"read, ring-aware client:       {mib:.0f} MiB in {cold:.2f}s ({mib / cold:.0f} MiB/s), "
           f"{gets_read:.0f} origin GETs")
@@ -186,13 +204,14 @@ def run(group: LocalGroup, coord: CoordinatorProcess, files: dict[str, Path],
     per_node = [int(n.metric("blockcache_store_blocks")) for n in group.nodes]
     print(f"blocks per node: {per_node} (each block stored once, on its owner)")
     out = work / "download"
-    subprocess.run([cachectl, "--nodes", seeds, "get", f"s3://{BUCKET}/{PREFIX}", str(out)],
+    subprocess.run([*cachectl, "--nodes", seeds, "get", f"s3://{BUCKET}/{PREFIX}", str(out)],
                    check=True, stdout=subprocess.DEVNULL)
     for key, path in files.items():
         if sha256_file(out / key[len(PREFIX):]) != sha256_file(path):
             raise SystemExit(f"MISMATCH: cachectl get of {key}")
     print(f"cachectl get s3://{BUCKET}/{PREFIX} -> {len(files)} files")
-    subprocess.run([cachectl, "--coordinator", coord.url, "models"], check=True)
+    subprocess.run([*cachectl, "--coordinator", coord.url, "models"], check=True)
+    subprocess.run([*cachectl, "--coordinator", coord.url, "tenant", "show", "demo"], check=True)
     print("every byte verified against the origin (SHA-256): OK")
 
 

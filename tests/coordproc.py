@@ -30,6 +30,7 @@ class CoordinatorProcess(ChildProcess):
         self.args = ["--etcd", etcd, "--cluster", cluster, "--id", replica_id, "--http",
                      f"127.0.0.1:{self.port}", *FAST, *args]
         self.id = replica_id
+        self.auth: dict[str, str] = {}  # headers of every call (an admin token, say)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = Path(log_dir) / f"coordinator-{replica_id}.log"
 
@@ -64,13 +65,14 @@ class CoordinatorProcess(ChildProcess):
         status, _, answer = self.request(method, path, body, timeout_s)
         return status, answer
 
-    def request(self, method: str, path: str, body: Any = None,
-                timeout_s: float = 30.0) -> tuple[int, dict[str, str], Any]:
-        """Send one API request; return (status, headers, parsed JSON body)."""
+    def request(self, method: str, path: str, body: Any = None, timeout_s: float = 30.0,
+                headers: Mapping[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+        """Send one API request (with `self.token` if set); return (status, headers, JSON)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
+        sent = {"Content-Type": "application/json", **self.auth, **(headers or {})}
         try:
             data = body if body is None or isinstance(body, bytes) else json.dumps(body)
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            conn.request(method, path, body=data, headers=sent)
             r = conn.getresponse()
             raw = r.read()
             answer = json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw

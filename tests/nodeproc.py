@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from cachenode.auth.cluster import HEADER as CLUSTER_AUTH
+from cachenode.auth.cluster import ClusterKey
 from tests.servers import ChildProcess, free_port
 
 CACHENODE = str(Path(sys.executable).parent / "cachenode")
@@ -32,6 +34,7 @@ class NodeProcess(ChildProcess):
         self.http_port, self.grpc_port, self.s3_port = free_port(), free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.cluster_key = _cluster_key(self.args)  # signs /ring and /metrics when auth is on
 
     @property
     def url(self) -> str:
@@ -96,16 +99,22 @@ class NodeProcess(ChildProcess):
         `metric("x_total")` sums every label set; `metric("x_total", op="get")` only those
         with `op="get"` among their labels.
         """
-        text = self.get("/metrics")[2].decode()
+        text = self.get("/metrics", self._signed("/metrics"))[2].decode()
         return sum(s.value for family in text_string_to_metric_families(text)
                    for s in family.samples
                    if s.name == name and labels.items() <= s.labels.items())
 
     def ring(self) -> dict[str, Any]:
         """Return the node's view of its group (GET /ring)."""
-        status, _, body = self.get("/ring", timeout_s=5.0)
+        status, _, body = self.get("/ring", self._signed("/ring"), timeout_s=5.0)
         assert status == 200, body
         return json.loads(body)  # type: ignore[no-any-return]
+
+    def _signed(self, path: str) -> dict[str, str]:
+        """Return the headers of a GET of `path` signed with the cluster secret, if any."""
+        if self.cluster_key is None:
+            return {}
+        return {CLUSTER_AUTH: self.cluster_key.sign("GET", path, "", {}, time.time())}
 
     def blocks_on_disk(self) -> int:
         """Return the bytes of block files under the data dir."""
@@ -117,3 +126,11 @@ class NodeProcess(ChildProcess):
             except FileNotFoundError:
                 pass  # evicted while we looked
         return total
+
+
+def _cluster_key(args: Sequence[str]) -> ClusterKey | None:
+    """Return the cluster key a node's --cluster-secret-file argument names, if any."""
+    args = list(args)
+    if "--cluster-secret-file" not in args:
+        return None
+    return ClusterKey.from_file(Path(args[args.index("--cluster-secret-file") + 1]))

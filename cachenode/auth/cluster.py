@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from cachenode.access import AccessDenied, RequestView
+from cachenode.auth.sealing import Sealer
 from cachenode.settings import ConfigError
 
 HEADER = "X-Blockcache-Auth"
@@ -41,6 +42,10 @@ class ClusterKey:
 
     def __repr__(self) -> str:
         return "ClusterKey(<secret>)"
+
+    def sealer(self) -> Sealer:
+        """Return the sealer of tenants' secrets keyed from this secret (auth/sealing.py)."""
+        return Sealer(self._secret)
 
     @classmethod
     def from_file(cls, path: Path) -> ClusterKey:

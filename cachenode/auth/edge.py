@@ -9,11 +9,11 @@ Built from the config by `build_authenticator`: with neither `--access-keys` nor
 - Peer headers (X-Blockcache-Hops, -Cached-Only, -Size) without a cluster signature: with
   keys, refused; without keys, the request is an ordinary client's (its principal is not
   internal, so the API ignores those headers).
-- Otherwise SigV4 (header or presigned URL) with a key from the KeySource: its principal;
-  no credentials at all: AccessDenied with keys, an open (not internal) principal without.
-
-Issue 12 extends this by adding KeySources (tenants in etcd) and schemes (bearer tokens)
-to `_client`, and the coordinator signing with ClusterKey; the transports stay as they are.
+- `Authorization: Bearer <token>` (HTTP, S3, gRPC metadata alike) with a tenant's token
+  from the TokenSource (tenants in etcd): that tenant's principal.
+- Otherwise SigV4 (header or presigned URL) with a key from the KeySource (the key file,
+  then the tenants): its principal; no credentials at all: AccessDenied with keys or
+  tenants, an open (not internal) principal without.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from cachenode.auth import claims
 from cachenode.auth.cluster import HEADER, WINDOW_S, ClusterKey
 from cachenode.auth.keys import AccessKey, KeyFile
 from cachenode.auth.sigv4 import signature_matches
+from cachenode.auth.tenant_table import TenantTable
 from cachenode.config import NodeConfig
 
 log = logging.getLogger(__name__)
@@ -37,9 +38,29 @@ SEEN_MAX = 100_000  # signed POSTs remembered against replays (each at most WIND
 
 
 class KeySource(Protocol):
-    """Where access keys come from (a file today; tenants in etcd later)."""
+    """Where access keys come from (the --access-keys file, tenants in etcd)."""
 
     def get(self, key_id: str) -> AccessKey | None: ...
+
+
+class TokenSource(Protocol):
+    """Where bearer tokens are looked up (tenants in etcd)."""
+
+    def by_token(self, token: str) -> Principal | None: ...
+
+
+class KeyChain:
+    """Several key sources asked in order: the first that knows a key id answers."""
+
+    def __init__(self, *sources: KeySource) -> None:
+        self._sources = sources
+
+    def get(self, key_id: str) -> AccessKey | None:
+        """Return the key of the first source that has it."""
+        for source in self._sources:
+            if (key := source.get(key_id)) is not None:
+                return key
+        return None
 
 
 def has_peer_headers(request: RequestView) -> bool:
@@ -52,14 +73,15 @@ def has_peer_headers(request: RequestView) -> bool:
 class EdgeAuthenticator:
     """Authenticate readers by access key and the cluster's own requests by its secret."""
 
-    def __init__(self, keys: KeySource | None, cluster: ClusterKey | None = None) -> None:
-        self._keys, self._cluster = keys, cluster
+    def __init__(self, keys: KeySource | None, cluster: ClusterKey | None = None,
+                 tokens: TokenSource | None = None) -> None:
+        self._keys, self._cluster, self._tokens = keys, cluster, tokens
         self._seen: dict[str, float] = {}  # signature of a signed POST -> when it goes stale
 
     @property
     def enabled(self) -> bool:
-        """Return whether readers need credentials (access keys are configured)."""
-        return self._keys is not None
+        """Return whether readers need credentials (access keys or tenants are configured)."""
+        return self._keys is not None or self._tokens is not None
 
     def authenticate(self, request: RequestView, now: float) -> Principal:
         """Return the request's principal, or raise AccessDenied saying why."""
@@ -89,14 +111,17 @@ class EdgeAuthenticator:
         self._seen[sig] = now + 2 * WINDOW_S
 
     def _client(self, request: RequestView, now: float) -> Principal:
-        """Return the principal of a reader's SigV4 credentials."""
-        if self._keys is None:
+        """Return the principal of a reader's bearer token or SigV4 credentials."""
+        if not self.enabled:
             return ANONYMOUS  # open node: credentials, if any, are not checked
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer":
+            return self._bearer(request, token.strip())
         claim = claims.claim_of(request)
         if claim is None:
             raise AccessDenied("AccessDenied", "credentials required: sign the request "
                                "(AWS SigV4) or use a presigned URL")
-        key = self._keys.get(claim.credential.key_id)
+        key = self._keys.get(claim.credential.key_id) if self._keys is not None else None
         if key is None:
             raise AccessDenied("InvalidAccessKeyId", f"the access key id "
                                f"{claim.credential.key_id} does not exist here")
@@ -108,17 +133,36 @@ class EdgeAuthenticator:
         claims.check_time(claim, now)
         return key.principal
 
+    def _bearer(self, request: RequestView, token: str) -> Principal:
+        """Return the tenant principal of a bearer token, else refuse (InvalidToken)."""
+        if claims.is_presigned(request):
+            raise AccessDenied("InvalidArgument", "only one auth mechanism allowed: a bearer "
+                               "token or X-Amz-* query parameters, not both")
+        who = self._tokens.by_token(token) if self._tokens is not None else None
+        if who is None:
+            raise AccessDenied("InvalidToken", "the bearer token is not valid here (unknown, "
+                               "revoked or malformed)")
+        return who
+
 
 def build_authenticator(config: NodeConfig,
-                        on_reload: Callable[[str, int], None] | None = None
+                        on_reload: Callable[[str, int], None] | None = None,
+                        tenants: TenantTable | None = None
                         ) -> tuple[Authenticator, KeyFile | None, ClusterKey | None]:
-    """Return the authenticator the config asks for, its key file and cluster key (I/O)."""
+    """Return the authenticator the config asks for, its key file and cluster key (I/O).
+
+    `tenants` (the node's table of tenants in etcd, with --tenants) adds their SigV4 keys
+    after the file's, and their bearer tokens.
+    """
     cluster = (ClusterKey.from_file(config.cluster_secret_file)
                if config.cluster_secret_file else None)
     keys = None
     if config.access_keys_file:
         keys = KeyFile(config.access_keys_file, on_reload)
         keys.load()
-    if keys is None and cluster is None:
+    if keys is None and cluster is None and tenants is None:
         return OpenAccess(), None, None
-    return EdgeAuthenticator(keys, cluster), keys, cluster
+    source: KeySource | None = keys
+    if tenants is not None:
+        source = KeyChain(keys, tenants) if keys is not None else tenants
+    return EdgeAuthenticator(source, cluster, tenants), keys, cluster

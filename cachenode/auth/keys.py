@@ -69,7 +69,8 @@ def parse_line(words: list[str]) -> AccessKey:
         raise ValueError(f"the secret of {key_id} is shorter than {MIN_SECRET_CHARS} "
                          "characters")
     parsed = tuple(parse_scope(s) for s in scopes)
-    return AccessKey(key_id, secret, Principal(key_id, parsed, unrestricted=not parsed))
+    return AccessKey(key_id, secret, Principal(key_id, parsed, unrestricted=not parsed,
+                                              tenant=key_id))
 
 
 def parse_keys(text: str) -> dict[str, AccessKey]:
