@@ -12,6 +12,7 @@ holding read-ahead while waiting for their next block.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from cachenode.errors import Overloaded
@@ -51,7 +52,8 @@ class MemoryBudget:
                 self.give(n)  # granted just as we left
             else:
                 fut.cancel()
-                self._waiters.remove(entry)
+                with contextlib.suppress(ValueError):  # _wake may have dropped it already
+                    self._waiters.remove(entry)
                 self._wake()  # a smaller request behind us may fit now
             if isinstance(e, TimeoutError):
                 raise Overloaded(f"memory budget of {self.total} bytes for blocks held by "

@@ -21,7 +21,7 @@ from cachenode.errors import (
 )
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import BlockStore, Origin
-from cachenode.singleflight import SingleFlight
+from cachenode.singleflight import ABANDON_GRACE_S, SingleFlight
 from cachenode.store.files import OpenBlock
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class Filler:
         # A fill's bytes and its write (None: found on disk already), shared by its waiters.
         # Cancelled once nobody waits for it: a reader that left takes its origin GET along.
         self._flight: SingleFlight[tuple[bytes, Write | None]] = SingleFlight(
-            cancel_abandoned=True)
+            cancel_abandoned=True, grace_s=ABANDON_GRACE_S)
         self._limit = asyncio.Semaphore(config.max_concurrent_fills)  # origin GETs in flight
         # A fill holds a slot from before its GET until its block is on disk, so blocks
         # fetched but not yet written stay bounded (write-behind memory).

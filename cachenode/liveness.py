@@ -98,6 +98,8 @@ class Liveness:
             if not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+            elif not task.cancelled():
+                task.exception()  # its caller may have gone at the moment it failed
 
     def _alive(self, addr: str) -> Awaitable[bool]:
         probe = self._probes.get(addr)

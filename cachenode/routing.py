@@ -29,7 +29,7 @@ from cachenode.errors import (
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
 from cachenode.ring import EmptyRing, Ring
-from cachenode.singleflight import FlightCancelled, SingleFlight
+from cachenode.singleflight import ABANDON_GRACE_S, FlightCancelled, SingleFlight
 from cachenode.store.files import OpenBlock
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,8 @@ class Router:
         self._weights: dict[str, int] = {}  # of the nodes on the current ring
         self._addrs: dict[str, str] = {}  # node id -> HTTP host:port, every other member
         self.epoch = 0
-        self._peer_flight: SingleFlight[bytes | None] = SingleFlight(cancel_abandoned=True)
+        self._peer_flight: SingleFlight[bytes | None] = SingleFlight(
+            cancel_abandoned=True, grace_s=ABANDON_GRACE_S)
         self._peer_slots = asyncio.Semaphore(PEER_READS_MAX)
         self._slots_per_peer: dict[str, asyncio.Semaphore] = {}  # node id -> its share
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # peer blocks, newest last

@@ -10,6 +10,7 @@ from typing import Generic, TypeVar
 from cachenode.errors import CacheError
 
 T = TypeVar("T")
+ABANDON_GRACE_S = 1.0  # how long work nobody waits for is kept for a caller asking again
 
 
 class FlightCancelled(CacheError):
@@ -26,15 +27,18 @@ class SingleFlight(Generic[T]):
     The call runs in its own task, so a caller that is cancelled does not cancel
     the work the others wait for. An error reaches every waiter and is not cached:
     the key is dropped as soon as the task ends, so the next call tries again.
-    With `cancel_abandoned`, the call is cancelled once its last waiter has gone
-    (a reader that left takes the origin or peer work only it waited for with it),
-    and a later caller starts a fresh one.
+    With `cancel_abandoned`, the call is cancelled once its last waiter has been gone for
+    `grace_s` (a reader that left takes the origin or peer work only it waited for with
+    it, yet a client that gives up and asks again at once, as the Run:ai streamer does
+    after a second without bytes, joins the same call instead of starting it over); a
+    caller after that starts a fresh one.
     """
 
-    def __init__(self, cancel_abandoned: bool = False) -> None:
+    def __init__(self, cancel_abandoned: bool = False, grace_s: float = 0.0) -> None:
         self._tasks: dict[Hashable, asyncio.Task[T]] = {}  # key -> running fill
         self._waiters: dict[asyncio.Task[T], int] = {}  # callers awaiting each task
-        self._cancel_abandoned = cancel_abandoned
+        self._timers: dict[asyncio.Task[T], asyncio.TimerHandle] = {}  # abandoned, in grace
+        self._cancel_abandoned, self._grace_s = cancel_abandoned, grace_s
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -52,6 +56,9 @@ class SingleFlight(Generic[T]):
             self._tasks[key] = task
             task.add_done_callback(functools.partial(self._forget, key))
         self._waiters[task] = self._waiters.get(task, 0) + 1
+        timer = self._timers.pop(task, None)
+        if timer is not None:
+            timer.cancel()  # abandoned a moment ago: wanted again
         try:
             return await asyncio.shield(task), shared
         except asyncio.CancelledError:
@@ -71,14 +78,29 @@ class SingleFlight(Generic[T]):
             self._waiters[task] = left
             return
         del self._waiters[task]
-        if self._cancel_abandoned and not task.done():
-            task.cancel("every caller left")
-            if self._tasks.get(key) is task:
-                del self._tasks[key]  # a new caller starts afresh, never joins a cancelled call
+        if not self._cancel_abandoned or task.done():
+            return
+        if self._grace_s > 0:
+            self._timers[task] = asyncio.get_running_loop().call_later(
+                self._grace_s, self._abandon, key, task)
+        else:
+            self._abandon(key, task)
+
+    def _abandon(self, key: Hashable, task: asyncio.Task[T]) -> None:
+        """Cancel a call nobody waits for any more."""
+        self._timers.pop(task, None)
+        if task in self._waiters or task.done():
+            return
+        task.cancel("every caller left")
+        if self._tasks.get(key) is task:
+            del self._tasks[key]  # a new caller starts afresh, never joins a cancelled call
 
     def _forget(self, key: Hashable, task: asyncio.Task[T]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
+        timer = self._timers.pop(task, None)
+        if timer is not None:
+            timer.cancel()
         if not task.cancelled():
             task.exception()  # mark retrieved: waiters may all have gone
 

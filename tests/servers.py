@@ -65,11 +65,22 @@ REGION = "us-east-1"
 MiB = 2**20
 
 
+_handed: set[int] = set()  # ports free_port() gave out in this process (guarded by the GIL)
+
+
 def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """Return a TCP port on 127.0.0.1 that is free right now and not handed out before.
+
+    Ports are picked before the servers that use them bind, so the kernel may offer a port
+    it just offered again (seen: two nodes of one group given one port): never twice here.
+    """
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed:
+            _handed.add(port)
+            return port
 
 
 def spawn(command: list[str], cwd: Path, env: dict[str, str],

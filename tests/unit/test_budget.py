@@ -57,3 +57,16 @@ async def test_oversized_request_goes_through_alone() -> None:
     b.give(9)
     await asyncio.wait_for(late, 1)
     assert b.used == 1
+
+
+@pytest.mark.asyncio
+async def test_a_waiter_cancelled_after_its_entry_was_dropped_leaves_quietly() -> None:
+    b = MemoryBudget(4, wait_s=5)
+    assert b.try_take(4)
+    waiter = asyncio.create_task(b.take(4))
+    await asyncio.sleep(0)
+    waiter.cancel()  # its future is cancelled now; the task resumes a step later...
+    b.give(4)  # ...after _wake has dropped the cancelled entry
+    with pytest.raises(asyncio.CancelledError):
+        await waiter  # not ValueError from removing the entry twice
+    assert b.used == 0 and not b._waiters

@@ -227,3 +227,36 @@ async def test_waiters_of_a_finished_call_never_cancel_the_next_one() -> None:
     assert sf.running("k")  # the old callers leaving did not count against the new call
     b.release.set()
     assert await nxt == ("b", False)
+
+
+@pytest.mark.asyncio
+async def test_a_caller_asking_again_within_the_grace_joins_the_abandoned_call() -> None:
+    sf: SingleFlight[str] = SingleFlight(cancel_abandoned=True, grace_s=0.2)
+    call = Call("v")
+    first = asyncio.create_task(sf.do("k", call))
+    await call.started.wait()
+    first.cancel()  # a client gives up on its request...
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.sleep(0.05)
+    again = asyncio.create_task(sf.do("k", call))  # ...and asks again at once
+    await asyncio.sleep(0.3)  # past the grace: it was not cancelled, a caller came back
+    call.release.set()
+    assert await again == ("v", True) and call.calls == 1
+
+
+@pytest.mark.asyncio
+async def test_an_abandoned_call_is_cancelled_when_its_grace_runs_out() -> None:
+    sf: SingleFlight[str] = SingleFlight(cancel_abandoned=True, grace_s=0.1)
+    call = Call("v")
+    first = asyncio.create_task(sf.do("k", call))
+    await call.started.wait()
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert sf.running("k")  # kept for the grace
+    async with asyncio.timeout(2):
+        while sf.running("k"):
+            await asyncio.sleep(0.01)
+    fresh = asyncio.create_task(sf.do("k", call))
+    await asyncio.sleep(0)
+    call.release.set()
+    assert await fresh == ("v", False) and call.calls == 2
