@@ -2,13 +2,13 @@
 
 Both read their settings from the environment, as a user's loader would: `s3_env(endpoint)`
 returns it. `run_streamer` runs tests/streamer_load.py (list, pull the JSON files, stream the
-shards, every tensor checked); `run_s5cmd` copies a prefix and `compare_files` checks every
-file against the model's manifest (tests/safetensors_gen.py), by size and CRC-32C.
+shards, every tensor checked; shared with the test suite); `run_s5cmd` copies a prefix and
+`compare_files` checks every file against the model's manifest (tests/safetensors_gen.py), by
+size and CRC-32C.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import shutil
@@ -20,48 +20,19 @@ from typing import Any
 
 import crc32c
 
-from tests.servers import ACCESS_KEY, REGION, SECRET_KEY
+from tests.streamer_load import client_env as s3_env
+from tests.streamer_load import run_load as run_streamer
+
+__all__ = ["s3_env", "run_streamer", "run_s5cmd", "compare_files", "upload_model"]
 
 ROOT = Path(__file__).resolve().parents[1]
 PIECE = 4 * 1024 * 1024
-
-
-def s3_env(endpoint: str) -> dict[str, str]:
-    """Return the environment that points the streamer, boto3 and s5cmd at `endpoint`.
-
-    s5cmd 2.3 (aws-sdk-go v1) ignores AWS_ENDPOINT_URL and reads S3_ENDPOINT_URL; with a
-    custom endpoint it uses path-style addressing (unless the host is an AWS one).
-    """
-    return {"AWS_ENDPOINT_URL": endpoint, "S3_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION, "RUNAI_STREAMER_S3_USE_VIRTUAL_ADDRESSING": "0",
-            "AWS_EC2_METADATA_DISABLED": "true"}
 
 
 def children_cpu() -> float:
     """Return the CPU seconds of this process's reaped children (user + system)."""
     ru = resource.getrusage(resource.RUSAGE_CHILDREN)
     return ru.ru_utime + ru.ru_stime
-
-
-def run_streamer(env: dict[str, str], prefix: str, manifest: Path, pull_dir: Path | None = None,
-                 extra_env: dict[str, str] | None = None, timeout_s: float = 900.0
-                 ) -> dict[str, Any]:
-    """Run tests/streamer_load.py in its own process; return its JSON answer plus wall time."""
-    cmd = [sys.executable, "-m", "tests.streamer_load", prefix, str(manifest)]
-    if pull_dir is not None:
-        cmd += ["--pull-dir", str(pull_dir)]
-    c0, t0 = children_cpu(), time.monotonic()
-    done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env, **(extra_env or {})},
-                          capture_output=True, text=True, timeout=timeout_s, check=False)
-    wall, cpu = time.monotonic() - t0, children_cpu() - c0
-    lines = done.stdout.strip().splitlines()
-    if done.returncode not in (0, 1) or not lines:
-        raise RuntimeError(f"streamer failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(lines[-1])
-    out.update(process_wall_s=wall, process_cpu_s=cpu, stderr_tail=done.stderr[-2000:])
-    return out
 
 
 def s5cmd_binary() -> str:
