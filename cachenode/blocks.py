@@ -4,20 +4,35 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 DEFAULT_BLOCK_SIZE = 4 * 1024 * 1024
+Headers = tuple[tuple[str, str], ...]  # (lower-case name, value) pairs, in origin order
 
 
 @dataclass(frozen=True, slots=True)
 class ObjectMeta:
-    """What the origin says about one object version; the ETag pins the version."""
+    """What the origin says about one object version; the ETag pins the version.
+
+    `content_type`, `headers` (Cache-Control, Content-Disposition, x-amz-meta-*, ...) and
+    `checksums` (x-amz-checksum-*, from the same HEAD as the ETag) describe the version for
+    the S3 API; they are bounded by the origin adapter and never part of a block's identity
+    (equality and hash ignore them: a peer's pin carries none).
+    """
 
     bucket: str
     key: str
     size: int
     etag: str
     last_modified: float = 0.0  # unix seconds
+    content_type: str = field(default="", compare=False)
+    headers: Headers = field(default=(), compare=False)
+    checksums: Headers = field(default=(), compare=False)
+
+    def header_bytes(self) -> int:
+        """Return the bytes of the describing fields (what a metadata cache entry costs)."""
+        pairs = self.headers + self.checksums
+        return len(self.content_type) + sum(len(k) + len(v) for k, v in pairs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,23 @@ ENV_PREFIX = "CACHENODE_"
 MAX_WEIGHT = 10_000  # x 3 virtual nodes each: ring builds stay fast
 
 
+def parse_listener(text: str) -> tuple[str, int] | None:
+    """Return (host, port) of an optional listener; '', 'off' or 'none' turn it off."""
+    if str(text).strip().lower() in ("", "off", "none"):
+        return None
+    return parse_hostport(text)
+
+
+def parse_domain(text: str) -> str:
+    """Return a DNS domain such as 's3.cache.local' ('' = none), lower case."""
+    value = str(text).strip().lower().rstrip(".")
+    labels = value.split(".")
+    if value and not all(0 < len(x) <= 63 and x.isascii() and x.replace("-", "").isalnum()
+                         for x in labels):
+        raise ConfigError(f"{text!r} is not a domain name (example: s3.blockcache.local)")
+    return value
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything a cache node needs to start; sizes in bytes, times in seconds."""
@@ -54,6 +71,13 @@ class NodeConfig:
         "--http", "host:port of the HTTP range API and /metrics", parse_hostport))
     grpc_addr: tuple[str, int] = field(default=("0.0.0.0", 9090), metadata=_opt(
         "--grpc", "host:port of the gRPC block service", parse_hostport))
+    s3_addr: tuple[str, int] | None = field(default=("0.0.0.0", 9000), metadata=_opt(
+        "--s3", "host:port of the S3-compatible read API (AWS_ENDPOINT_URL of loaders); "
+        "empty or 'off' = no S3 listener", parse_listener))
+    s3_domain: str = field(default="", metadata=_opt(
+        "--s3-domain", "domain of virtual-hosted S3 addressing: a Host of "
+        "<bucket>.<domain> names the bucket (empty = path-style only, which always works)",
+        parse_domain))
     metadata_ttl_s: float = field(default=10.0, metadata=_opt(
         "--metadata-ttl", "how long object size/ETag from a HEAD is trusted (e.g. 10s); "
         "an overwrite is seen at most this late", parse_duration))

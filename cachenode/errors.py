@@ -50,7 +50,7 @@ class OriginNotFound(CacheError):
 
     def __init__(self, bucket: str, key: str, what: str = "key") -> None:
         super().__init__(bucket, key, what)
-        self.bucket, self.key = bucket, key
+        self.bucket, self.key, self.what = bucket, key, what
         self.reason = f"no such {what} at origin: s3://{bucket}/{key}"
 
 
@@ -86,6 +86,15 @@ class ObjectChanged(CacheError):
 
 class PreconditionFailed(ObjectChanged):
     """The reader pinned a version (If-Match) that the origin no longer has."""
+
+
+class ConditionFailed(PreconditionFailed):
+    """A request precondition (If-Match, If-Unmodified-Since...) is false for the object."""
+
+    def __init__(self, bucket: str, key: str, etag: str, condition: str) -> None:
+        super().__init__(bucket, key, etag)
+        self.condition = condition
+        self.reason = f"{condition} is false for s3://{bucket}/{key} (ETag {etag})"
 
 
 class StoreFull(CacheError):

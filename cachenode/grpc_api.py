@@ -9,6 +9,8 @@ from contextlib import aclosing
 
 import grpc
 
+from cachenode import authorize
+from cachenode.access import AccessDenied, Authenticator, OpenAccess
 from cachenode.blocks import BlockRef, ObjectMeta, block_count
 from cachenode.checksum import crc32c
 from cachenode.errors import (
@@ -37,8 +39,10 @@ from cachenode.singleflight import FlightCancelled
 CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
 MAX_REQUEST_BYTES = 64 * 1024  # a request names one object: keys are at most 1 KiB
 MAX_STREAMS_PER_CONNECTION = 128
+SERVICE_PATH = "/blockcache.v1.BlockCache/"  # the method path of each call
 GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    AccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     MalformedRange: grpc.StatusCode.INVALID_ARGUMENT,
     RangeNotSatisfiable: grpc.StatusCode.OUT_OF_RANGE,
     OriginNotFound: grpc.StatusCode.NOT_FOUND,
@@ -71,12 +75,21 @@ def info_of(meta: ObjectMeta, block_size: int) -> pb.ObjectInfo:
 class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     """Serve Stat, ReadRange and ReadBlock from the node's BlockService."""
 
-    def __init__(self, service: BlockService, metrics: NodeMetrics, block_size: int) -> None:
+    def __init__(self, service: BlockService, metrics: NodeMetrics, block_size: int,
+                 authenticator: Authenticator | None = None) -> None:
         self._service, self._metrics, self._block_size = service, metrics, block_size
+        self._auth = authenticator or OpenAccess()
+
+    def _authorize(self, method: str, context: grpc.aio.ServicerContext, bucket: str,
+                   key: str) -> None:
+        """Raise AccessDenied unless the call's credentials (metadata) may read the object."""
+        view = authorize.grpc_view(SERVICE_PATH + method, context.invocation_metadata() or ())
+        authorize.require_read(authorize.principal(self._auth, view), bucket, key)
 
     async def Stat(self, request: pb.StatRequest,
                    context: grpc.aio.ServicerContext) -> pb.ObjectInfo:
         try:
+            self._authorize("Stat", context, request.bucket, request.key)
             meta = await self._service.stat(request.bucket, request.key)
         except CacheError as e:
             await self._abort(context, "Stat", e)
@@ -86,6 +99,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadRange(self, request: pb.ReadRangeRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
+            self._authorize("ReadRange", context, request.bucket, request.key)
             meta = await self._service.pinned(request.bucket, request.key, request.etag)
             start = request.offset
             end = meta.size - 1 if request.length < 0 else start + request.length - 1
@@ -109,6 +123,8 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadBlock(self, request: pb.ReadBlockRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
+            if not request.hops:  # a forwarded read is the cluster secret's to check
+                self._authorize("ReadBlock", context, request.bucket, request.key)
             meta = await self._service.pinned(request.bucket, request.key, request.etag)
             if request.object_size != meta.size:  # the block id does not cover the size
                 raise BadRequest(f"object_size {request.object_size} does not match the "
@@ -140,8 +156,9 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
                      err: CacheError) -> None:
         code = code_of(err)
         self._metrics.requests.labels("grpc", code.name).inc()
-        await context.abort(code, f"{type(err).__name__}: {err}",
-                            trailing_metadata=((ERROR_KEY, type(err).__name__),))
+        name = type(err).__name__
+        what = f"{name} ({err.code})" if isinstance(err, AccessDenied) else name
+        await context.abort(code, f"{what}: {err}", trailing_metadata=((ERROR_KEY, name),))
 
 
 async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics) -> AsyncIterator[bytes]:
@@ -191,7 +208,8 @@ def server_options(limits: ConnectionLimits) -> list[tuple[str, int]]:
 
 
 async def start_grpc_server(service: BlockService, metrics: NodeMetrics, addr: tuple[str, int],
-                            limits: ConnectionLimits) -> tuple[grpc.aio.Server, int]:
+                            limits: ConnectionLimits, authenticator: Authenticator | None = None
+                            ) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on host:port and return it with the bound port.
 
     Calls beyond one per allowed HTTP connection get RESOURCE_EXHAUSTED (each holds up to
@@ -200,7 +218,7 @@ async def start_grpc_server(service: BlockService, metrics: NodeMetrics, addr: t
     server = grpc.aio.server(options=server_options(limits),
                              maximum_concurrent_rpcs=limits.http_connections)
     pb_grpc.add_BlockCacheServicer_to_server(
-        BlockCacheServicer(service, metrics, service.block_size), server)
+        BlockCacheServicer(service, metrics, service.block_size, authenticator), server)
     host, port = addr
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

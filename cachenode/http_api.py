@@ -6,16 +6,18 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import aclosing
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cachenode import authorize
+from cachenode.access import Authenticator, OpenAccess
 from cachenode.blocks import ObjectMeta
-from cachenode.checksum import crc32c
+from cachenode.conditions import evaluate, if_range_holds, pinned_etag
 from cachenode.errors import (
     CacheError,
+    ConditionFailed,
     MalformedRange,
     NotReady,
     ObjectChanged,
@@ -23,29 +25,18 @@ from cachenode.errors import (
     PreconditionFailed,
     RangeNotSatisfiable,
 )
+from cachenode.http_body import BodySender
 from cachenode.http_errors import error_response
-from cachenode.http_headers import (
-    check_one_block,
-    if_range_holds,
-    object_headers,
-    parse_object_path,
-    small_int,
-)
+from cachenode.http_headers import check_one_block, object_headers, parse_object_path, small_int
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name
-from cachenode.peers_http import CACHED_ONLY, CRC, EPOCH, HOPS, SIZE
+from cachenode.peers_http import CACHED_ONLY, EPOCH, HOPS, SIZE
 from cachenode.ranges import Span, parse_range
-from cachenode.sendfile import ReaderStalled, SocketSender
-from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
+from cachenode.service import BlockService
 from cachenode.warm import MAX_BODY_BYTES, Admin
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("cachenode.access")
-
-def _abort(request: web.Request) -> None:
-    """Close the connection at once (the response cannot be completed)."""
-    if request.transport is not None:
-        request.transport.abort()
 
 
 class HttpApi:
@@ -54,10 +45,13 @@ class HttpApi:
     def __init__(self, service: BlockService, metrics: NodeMetrics,
                  ready: Callable[[], str | None],
                  ring_view: Callable[[], dict[str, Any]] | None = None,
-                 admin: Admin | None = None, body_timeout_s: float = 10.0) -> None:
+                 admin: Admin | None = None, body_timeout_s: float = 10.0,
+                 authenticator: Authenticator | None = None) -> None:
         self._service, self._metrics, self._ready = service, metrics, ready
         self._ring_view, self._admin = ring_view, admin
         self._body_timeout_s = body_timeout_s  # an admin body must arrive within this
+        self._auth = authenticator or OpenAccess()
+        self._body = BodySender(service, metrics)
 
     def app(self) -> web.Application:
         """Return the aiohttp application."""
@@ -112,9 +106,12 @@ class HttpApi:
         """List objects under ?prefix= as JSON, a page at a time (?token=, ?max-keys=)."""
         q = request.query
         try:
+            bucket, prefix = request.match_info["bucket"], q.get("prefix", "")
+            who = authorize.principal(self._auth, authorize.http_view(request, "http"))
+            authorize.require_list(who, bucket, prefix)
             limit = int(q.get("max-keys", "1000")) if q.get("max-keys", "1000").isdigit() else 0
-            objs, token = await self._service.list_page(
-                request.match_info["bucket"], q.get("prefix", ""), q.get("token", ""), limit)
+            objs, token = await self._service.list_page(bucket, prefix, q.get("token", ""),
+                                                        limit)
         except CacheError as e:
             return error_response(e)
         return web.json_response({
@@ -153,6 +150,9 @@ class HttpApi:
     async def _object(self, request: web.Request) -> web.StreamResponse:
         try:
             bucket, key = parse_object_path(request.rel_url.raw_path)
+            if not small_int(request.headers.get(HOPS)):  # peers: the cluster secret's
+                who = authorize.principal(self._auth, authorize.http_view(request, "http"))
+                authorize.require_read(who, bucket, key)
             for attempt in (1, 2):
                 try:
                     return await self._serve(request, bucket, key)
@@ -171,6 +171,12 @@ class HttpApi:
         if epoch and epoch != self._service.router.epoch:
             self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
         headers = object_headers(meta)
+        failed = evaluate(request.method, request.headers, meta)
+        if failed is not None and failed.status == 304:
+            return web.Response(status=304, headers={
+                k: headers[k] for k in ("ETag", "Last-Modified")})
+        if failed is not None:
+            raise ConditionFailed(bucket, key, meta.etag, failed.condition)
         status, span = 200, Span(0, meta.size - 1)
         rng = request.headers.get("Range")
         if rng is not None and if_range_holds(request.headers.get("If-Range"), meta):
@@ -182,55 +188,8 @@ class HttpApi:
                 raise err from None
             status = 206
             headers["Content-Range"] = span.content_range(meta.size)
-        length = max(0, span.length)
-        if request.method == "HEAD" or length == 0:
-            headers["Content-Length"] = str(length)
-            return web.Response(status=status, headers=headers)
-        async with aclosing(self._service.chunks(meta, span.start, span.end, hops,
-                                                 cached_only)) as chunks:
-            first = await anext(chunks)  # errors before the headers still get a status
-            if (isinstance(first, FileChunk) and first.offset == 0
-                    and first.length == first.block.size == length):
-                # One whole stored block: its recorded crc32 lets a client check the bytes.
-                headers[CRC] = str(first.block.crc32c)
-            elif hops and isinstance(first, MemChunk) and len(first.data) == length:
-                crc = first.crc32c if first.crc32c is not None else crc32c(first.data)
-                headers[CRC] = str(crc)  # a peer checks every block
-            try:
-                resp = web.StreamResponse(status=status, headers=headers)
-                resp.content_length = length
-                await resp.prepare(request)
-                sender = SocketSender(request, resp,
-                                      stall_timeout_s=self._service.send_timeout_s)
-            except BaseException as e:
-                if isinstance(first, FileChunk):
-                    first.close()  # the reader left before the headers; _send never runs
-                if isinstance(e, ConnectionError):
-                    log.debug("reader of s3://%s/%s left before the headers", bucket, key)
-                    _abort(request)
-                    return web.Response(status=499)  # nginx's "client closed request"
-                raise
-            try:
-                await self._send(sender, first)
-                async for chunk in chunks:
-                    await self._send(sender, chunk)
-            except (CacheError, EOFError) as e:
-                # Headers are out: cut the connection so the reader sees a short body,
-                # never bytes of another version or a silent gap.
-                log.warning("cut s3://%s/%s bytes=%d-%d after the headers: %s", bucket, key,
-                            span.start, span.end, e)
-                _abort(request)
-                return resp
-            except ConnectionError as e:
-                if isinstance(e, ReaderStalled):
-                    self._metrics.stalled_readers.inc()
-                log.debug("reader of s3://%s/%s went away: %s", bucket, key, e)
-                _abort(request)
-                return resp
-            finally:
-                sender.close()
-            await resp.write_eof()
-            return resp
+        return await self._body.respond(request, meta, span, status, headers, hops,
+                                        cached_only)
 
     async def _pinned(self, request: web.Request, bucket: str, key: str, hops: int,
                       cached_only: bool) -> ObjectMeta:
@@ -240,7 +199,7 @@ class HttpApi:
         is answered from disk without asking the origin, and while the origin is out of
         reach the pin is trusted, so blocks held here are still served to the group.
         """
-        want = (request.headers.get("If-Match") or "").strip()
+        want = pinned_etag(request.headers.get("If-Match"))
         size = request.headers.get(SIZE, "")
         trusted = None
         if hops and want not in ("", "*") and size.isdigit() and len(size) < 20:
@@ -250,14 +209,3 @@ class HttpApi:
             if cached_only:
                 return trusted
         return await self._service.pinned(bucket, key, want, trusted)
-
-    async def _send(self, sender: SocketSender, chunk: Chunk) -> None:
-        if isinstance(chunk, FileChunk):
-            try:
-                await sender.send_file(chunk.block.fd, chunk.offset, chunk.length)
-            finally:
-                chunk.close()
-            self._metrics.bytes_served.labels(chunk.block.source).inc(chunk.length)
-        else:
-            await sender.send_bytes(chunk.data)
-            self._metrics.bytes_served.labels(chunk.source).inc(len(chunk.data))

@@ -6,6 +6,7 @@ import json
 
 from aiohttp import web
 
+from cachenode.access import AccessDenied
 from cachenode.errors import (
     BadRequest,
     BlockNotCached,
@@ -28,6 +29,7 @@ from cachenode.singleflight import FlightCancelled
 
 HTTP_STATUS: dict[type[CacheError], int] = {
     BadRequest: 400,
+    AccessDenied: 403,
     PayloadTooLarge: 413,
     OriginNotFound: 404,
     MalformedRange: 416,
@@ -55,7 +57,11 @@ def status_of(err: CacheError) -> int:
 
 
 def error_response(err: CacheError) -> web.Response:
-    """Return a JSON error response with the reason a person can act on."""
+    """Return a JSON error response with the reason a person can act on.
+
+    The error is the class name; an AccessDenied also carries its S3 `code`
+    (InvalidAccessKeyId, SignatureDoesNotMatch...).
+    """
     reason = str(err).encode("ascii", "backslashreplace").decode()
     headers = {"X-Blockcache-Error": type(err).__name__,  # HEAD responses have no body
                "X-Blockcache-Reason": "".join(c if " " <= c < "\x7f" else "?"
@@ -64,6 +70,9 @@ def error_response(err: CacheError) -> web.Response:
         headers["Content-Range"] = f"bytes */{err.size}"
     if status_of(err) == 503:
         headers["Retry-After"] = "1"
-    body = json.dumps({"error": type(err).__name__, "reason": str(err)}) + "\n"
+    fields = {"error": type(err).__name__, "reason": str(err)}
+    if isinstance(err, AccessDenied):
+        fields["code"] = err.code
+    body = json.dumps(fields) + "\n"
     return web.Response(status=status_of(err), text=body, content_type="application/json",
                         headers=headers)

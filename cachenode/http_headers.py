@@ -22,19 +22,6 @@ def parse_object_path(raw_path: str) -> tuple[str, str]:
     return bucket, key
 
 
-def if_range_holds(value: str | None, meta: ObjectMeta) -> bool:
-    """Return whether an If-Range validator still matches (absent counts as matching).
-
-    Only a strong ETag can match. A date cannot: S3's Last-Modified has one-second
-    resolution, so two versions written within a second would look the same and a reader
-    could stitch their bytes (RFC 9110 section 13.1.5 requires a strong validator).
-    """
-    if value is None:
-        return True
-    value = value.strip()
-    return value.startswith('"') and value == meta.etag
-
-
 def object_headers(meta: ObjectMeta) -> dict[str, str]:
     """Return the validator and type headers of an object response."""
     return {

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from cachenode.access import Authenticator, OpenAccess
 from cachenode.config import NodeConfig
 from cachenode.fill import Filler
 from cachenode.http_api import HttpApi
@@ -24,6 +25,8 @@ from cachenode.origin_s3 import S3Origin
 from cachenode.peers_http import HttpPeerClient
 from cachenode.ports import Origin
 from cachenode.routing import Router
+from cachenode.s3_api import S3Api
+from cachenode.s3_list import Lister
 from cachenode.service import BlockService
 from cachenode.store.disk import DiskStore
 from cachenode.store.scrub import Scrubber
@@ -57,11 +60,15 @@ class CacheNode:
         self.router = Router(config.node_id, self.filler, self.metrics, self.peers,
                              config.peer_memory_blocks)
         self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router)
+        self.lister = Lister(self.origin)
+        # Who may read what (cachenode/access.py): every API asks it at its edge.
+        self.authenticator: Authenticator = OpenAccess()
         self.membership: Membership | None = None
         self.limits: ConnectionLimits | None = None  # set at start, from the fd limit
         self._stack = AsyncExitStack()
         self.http_port = 0
         self.grpc_port = 0
+        self.s3_port = 0  # 0 while the S3 listener is off (--s3 off)
         self._serving = False
 
     async def __aenter__(self) -> CacheNode:
@@ -91,11 +98,13 @@ class CacheNode:
                 await self._s3.start()
                 self._stack.push_async_callback(self._s3.close)
             self._stack.push_async_callback(self.service.close)
+            self._stack.push_async_callback(self.lister.close)
             self._stack.push_async_callback(self.filler.close)
             self._stack.push_async_callback(self.router.close)
             if self.peers is not None:  # closed after the servers drained (stack order)
                 self._stack.push_async_callback(self.peers.close)
-            await self._start_http()
+            gate = await self._start_http()
+            await self._start_s3(gate)
             await self._start_grpc()
             if self.peers is not None:
                 await self._join()
@@ -109,25 +118,40 @@ class CacheNode:
             await self._stack.aclose()
             raise
         self._serving = True
-        log.info("cachenode serving HTTP on %s:%d, gRPC on %s:%d, data in %s (%d blocks, "
+        s3 = f"S3 on {self.config.s3_addr[0]}:{self.s3_port}" if self.config.s3_addr else "no S3"
+        log.info("cachenode serving HTTP on %s:%d, gRPC on %s:%d, %s, data in %s (%d blocks, "
                  "%d of %d bytes)", self.config.http_addr[0], self.http_port,
-                 self.config.grpc_addr[0], self.grpc_port, self.config.data_dir,
+                 self.config.grpc_addr[0], self.grpc_port, s3, self.config.data_dir,
                  self.store.block_count, self.store.used_bytes, self.store.space.limit)
 
-    async def _start_http(self) -> None:
+    async def _start_http(self) -> Gate:
+        """Listen for the range API; return the connection gate the S3 listener shares."""
         admin = Admin(self.config.node_id, self.service, self.store, self.metrics)
         api = HttpApi(self.service, self.metrics, self.readiness, self.ring_view, admin,
-                      body_timeout_s=self.config.header_timeout_s)
+                      body_timeout_s=self.config.header_timeout_s,
+                      authenticator=self.authenticator)
         self.limits = node_limits(self.config)
         gate = Gate(self.limits, self.metrics)
-        runner = NodeRunner(api.app(), gate, SHUTDOWN_GRACE_S)
+        self._stack.callback(gate.close)  # after the runners' cleanup (stack order)
+        self.http_port = await self._listen(api.app(), gate, self.config.http_addr)
+        return gate
+
+    async def _start_s3(self, gate: Gate) -> None:
+        """Listen for the S3 API, under the same connection cap and deadlines as HTTP."""
+        if self.config.s3_addr is None:
+            return
+        api = S3Api(self.service, self.metrics, self.lister, self.authenticator,
+                    self.config.node_id, self.config.s3_domain)
+        self.s3_port = await self._listen(api.app(), gate, self.config.s3_addr)
+
+    async def _listen(self, app: web.Application, gate: Gate, addr: tuple[str, int]) -> int:
+        """Serve `app` on host:port through a guarded runner; return the bound port."""
+        runner = NodeRunner(app, gate, SHUTDOWN_GRACE_S)
         await runner.setup()
-        self._stack.callback(gate.close)  # after the runner's cleanup (stack order)
         self._stack.push_async_callback(runner.cleanup)
-        host, port = self.config.http_addr
-        site = web.TCPSite(runner, host, port, backlog=1024)
+        site = web.TCPSite(runner, addr[0], addr[1], backlog=1024)
         await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
 
     def record(self, state: str = "up") -> NodeRecord:
         """Return this node's membership record (addresses as others reach them)."""
@@ -192,7 +216,8 @@ class CacheNode:
 
         assert self.limits is not None  # set by _start_http, which runs first
         server, self.grpc_port = await start_grpc_server(self.service, self.metrics,
-                                                         self.config.grpc_addr, self.limits)
+                                                         self.config.grpc_addr, self.limits,
+                                                         self.authenticator)
 
         async def stop() -> None:
             await server.stop(SHUTDOWN_GRACE_S)

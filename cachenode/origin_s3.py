@@ -30,6 +30,8 @@ from cachenode.errors import (
     OriginNotFound,
     OriginUnavailable,
 )
+from cachenode.listing import BucketInfo, ListedObject, ListPage, ListQuery
+from cachenode.meta_headers import kept_headers
 from cachenode.metrics import NodeMetrics
 
 log = logging.getLogger(__name__)
@@ -84,13 +86,19 @@ class S3Origin:
         await self._stack.aclose()
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
-        """Return the size, ETag and modification time of an object."""
+        """Return the size, ETag, modification time, type, headers and checksums of an object.
+
+        The checksums are asked for (x-amz-checksum-mode) in the same HEAD as the ETag, so
+        they are the ones of that version.
+        """
 
         async def once() -> ObjectMeta:
-            r = await self._client.head_object(Bucket=bucket, Key=key)
+            r = await self._client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
             lm = r.get("LastModified")
+            raw = r.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+            content_type, headers, checksums = kept_headers(raw)
             return ObjectMeta(bucket, key, int(r["ContentLength"]), r["ETag"],
-                              lm.timestamp() if lm else 0.0)
+                              lm.timestamp() if lm else 0.0, content_type, headers, checksums)
 
         return await self._call("head", bucket, key, "", once)
 
@@ -122,21 +130,44 @@ class S3Origin:
         self._metrics.origin_bytes.inc(length)
         return data
 
-    async def list_page(self, bucket: str, prefix: str, token: str = "",
-                        limit: int = 1000) -> tuple[list[ObjectMeta], str]:
-        """Return one page of the objects under `prefix` and the token of the next ('' = done)."""
+    async def list_objects(self, query: ListQuery) -> ListPage:
+        """Return one page of a bucket listing (ListObjectsV2 at the origin)."""
+        q = query
+        kw: dict[str, Any] = {"Bucket": q.bucket, "Prefix": q.prefix, "MaxKeys": q.limit}
+        for name, value in (("Delimiter", q.delimiter), ("StartAfter", q.start_after),
+                            ("ContinuationToken", q.token)):
+            if value:
+                kw[name] = value
+        if q.fetch_owner:
+            kw["FetchOwner"] = True
 
-        async def once() -> tuple[list[ObjectMeta], str]:
-            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix, "MaxKeys": limit}
-            if token:
-                kw["ContinuationToken"] = token
+        async def once() -> ListPage:
             r = await self._client.list_objects_v2(**kw)
-            objs = [ObjectMeta(bucket, o["Key"], int(o["Size"]), o.get("ETag", ""),
-                               o["LastModified"].timestamp() if o.get("LastModified") else 0.0)
-                    for o in r.get("Contents", [])]
-            return objs, (r.get("NextContinuationToken") or "") if r.get("IsTruncated") else ""
+            objs = tuple(_listed(o) for o in r.get("Contents", []))
+            prefixes = tuple(p["Prefix"] for p in r.get("CommonPrefixes", []))
+            token = (r.get("NextContinuationToken") or "") if r.get("IsTruncated") else ""
+            return ListPage(objs, prefixes, token)
 
-        return await self._call("list", bucket, prefix, "", once)
+        return await self._call("list", q.bucket, q.prefix, "", once)
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        """Return the buckets the node's credentials can see."""
+
+        async def once() -> list[BucketInfo]:
+            r = await self._client.list_buckets()
+            return [BucketInfo(b["Name"], b["CreationDate"].timestamp() if b.get(
+                "CreationDate") else 0.0) for b in r.get("Buckets", [])]
+
+        return await self._call("list_buckets", "", "", "", once)
+
+    async def bucket_region(self, bucket: str) -> str:
+        """Return a bucket's region ('' for us-east-1), or raise OriginNotFound."""
+
+        async def once() -> str:
+            r = await self._client.get_bucket_location(Bucket=bucket)
+            return str(r.get("LocationConstraint") or "")
+
+        return await self._call("location", bucket, "", "", once)
 
     async def _call(self, op: str, bucket: str, key: str, etag: str,
                     once: Callable[[], Awaitable[T]]) -> T:
@@ -193,6 +224,15 @@ class S3Origin:
             log.warning("origin %s s3://%s/%s failed: %s", op, bucket, key, err)
         self._metrics.origin_errors.labels(op, kind).inc()
         return err
+
+
+def _listed(o: dict[str, Any]) -> ListedObject:
+    """Return one Contents entry of an aiobotocore listing as a ListedObject."""
+    owner = o.get("Owner") or {}
+    lm = o.get("LastModified")
+    return ListedObject(o["Key"], int(o["Size"]), o.get("ETag", ""),
+                        lm.timestamp() if lm else 0.0, o.get("StorageClass") or "STANDARD",
+                        owner.get("ID", ""), owner.get("DisplayName", ""))
 
 
 def _retryable(e: Exception) -> bool:

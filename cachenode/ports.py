@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from cachenode.blocks import BlockRef, ObjectMeta
+from cachenode.listing import BucketInfo, ListPage, ListQuery
 from cachenode.store.files import OpenBlock
 
 
@@ -12,16 +13,26 @@ class Origin(Protocol):
     """Where the bytes really live (an S3-compatible object store)."""
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
-        """Return the size and ETag of an object, or raise OriginNotFound/OriginUnavailable."""
+        """Return the size, ETag, type, headers and checksums of an object, or raise.
+
+        Raises OriginNotFound/OriginUnavailable/OriginDenied.
+        """
         ...
 
     async def get_range(self, meta: ObjectMeta, start: int, length: int) -> bytes:
         """Return exactly `length` bytes at `start` of the pinned version, or raise."""
         ...
 
-    async def list_page(self, bucket: str, prefix: str, token: str = "",
-                        limit: int = 1000) -> tuple[list[ObjectMeta], str]:
-        """Return one page of objects under `prefix` and the next page's token ('' = done)."""
+    async def list_objects(self, query: ListQuery) -> ListPage:
+        """Return one page of a bucket listing (prefix, delimiter, start-after, token)."""
+        ...
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        """Return the buckets the origin credentials can see."""
+        ...
+
+    async def bucket_region(self, bucket: str) -> str:
+        """Return a bucket's region ('' for us-east-1), or raise OriginNotFound."""
         ...
 
 

@@ -21,6 +21,7 @@ from cachenode.errors import (
     PreconditionFailed,
 )
 from cachenode.fill import Filler
+from cachenode.listing import ListQuery
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name, validate_prefix
 from cachenode.ports import Origin
@@ -30,6 +31,8 @@ from cachenode.store.files import OpenBlock
 
 log = logging.getLogger(__name__)
 METADATA_CACHE_ENTRIES = 100_000
+METADATA_CACHE_BYTES = 64 * 2**20  # names, ETags and kept headers of the cached entries
+ENTRY_OVERHEAD_BYTES = 400  # what one entry costs beyond its strings (objects, dict slot)
 STALE_RETRY_S = 1.0  # origin down: reuse the last known metadata this long before asking again
 
 
@@ -66,6 +69,7 @@ class BlockService:
         self._config, self._origin, self.filler, self._metrics = config, origin, filler, metrics
         self.router = router or Router("", filler, metrics)  # default: alone
         self._meta: OrderedDict[tuple[str, str], tuple[float, ObjectMeta]] = OrderedDict()
+        self._meta_bytes = 0  # entry_bytes() of what _meta holds
         self._heads: SingleFlight[ObjectMeta] = SingleFlight(cancel_abandoned=True)
         self.block_size = config.block_size_bytes
         self.budget = MemoryBudget(config.memory_budget_bytes, config.send_timeout_s)
@@ -93,7 +97,7 @@ class BlockService:
             # Origin down (or our credentials expired): the last known ETag still pins the
             # cached blocks, so hits are served; ask again only after a short pause.
             pause = min(STALE_RETRY_S, self._config.metadata_ttl_s)
-            self._meta[(bucket, key)] = (time.monotonic() + pause, cached[1])
+            self._remember(cached[1], pause)
             return cached[1]
         self._remember(meta)
         return meta
@@ -104,7 +108,10 @@ class BlockService:
         validate_prefix(bucket, prefix, self.key_policy)
         if not 1 <= limit <= 1000:
             raise BadRequest("max-keys must be between 1 and 1000")
-        return await self._origin.list_page(bucket, prefix, token, limit)
+        page = await self._origin.list_objects(ListQuery(bucket, prefix, token=token,
+                                                         limit=limit))
+        return [ObjectMeta(bucket, o.key, o.size, o.etag, o.last_modified)
+                for o in page.objects], page.next_token
 
     async def pinned(self, bucket: str, key: str, etag: str,
                      trusted: ObjectMeta | None = None) -> ObjectMeta:
@@ -134,16 +141,22 @@ class BlockService:
             raise PreconditionFailed(bucket, key, etag)
         return fresh
 
-    def _remember(self, meta: ObjectMeta) -> None:
+    def _remember(self, meta: ObjectMeta, ttl_s: float | None = None) -> None:
+        """Cache metadata for the TTL; the least recently stored go past either bound."""
         k = (meta.bucket, meta.key)
-        self._meta[k] = (time.monotonic() + self._config.metadata_ttl_s, meta)
-        self._meta.move_to_end(k)
-        while len(self._meta) > METADATA_CACHE_ENTRIES:
-            self._meta.popitem(last=False)
+        self.invalidate(meta.bucket, meta.key)
+        ttl = self._config.metadata_ttl_s if ttl_s is None else ttl_s
+        self._meta[k] = (time.monotonic() + ttl, meta)
+        self._meta_bytes += entry_bytes(meta)
+        while len(self._meta) > METADATA_CACHE_ENTRIES or (
+                self._meta_bytes > METADATA_CACHE_BYTES and len(self._meta) > 1):
+            self._meta_bytes -= entry_bytes(self._meta.popitem(last=False)[1][1])
 
     def invalidate(self, bucket: str, key: str) -> None:
         """Forget cached metadata of an object (it changed at origin)."""
-        self._meta.pop((bucket, key), None)
+        old = self._meta.pop((bucket, key), None)
+        if old is not None:
+            self._meta_bytes -= entry_bytes(old[1])
 
     async def chunks(self, meta: ObjectMeta, start: int, end: int, hops: int = 0,
                      cached_only: bool = False) -> AsyncGenerator[Chunk, None]:
@@ -199,6 +212,12 @@ class BlockService:
             if await self.filler.settled(ref):
                 got = self.filler.open_written(ref) or got
         return got
+
+
+def entry_bytes(meta: ObjectMeta) -> int:
+    """Return what one metadata cache entry costs, counted against METADATA_CACHE_BYTES."""
+    return (ENTRY_OVERHEAD_BYTES + len(meta.bucket) + len(meta.key) + len(meta.etag)
+            + meta.header_bytes())
 
 
 @dataclass(slots=True)

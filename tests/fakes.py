@@ -7,8 +7,9 @@ import hashlib
 import time
 from collections import Counter
 
-from cachenode.blocks import ObjectMeta
+from cachenode.blocks import Headers, ObjectMeta
 from cachenode.errors import CacheError, ObjectChanged, OriginNotFound, OriginUnavailable
+from cachenode.listing import BucketInfo, ListedObject, ListPage, ListQuery
 
 
 def blob(size: int, seed: int = 1) -> bytes:
@@ -21,15 +22,21 @@ class FakeOrigin:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.objects: dict[tuple[str, str], tuple[bytes, str]] = {}
+        self.described: dict[tuple[str, str], tuple[str, Headers, Headers]] = {}
+        self.buckets: dict[str, str] = {}  # bucket -> region; put() adds "" (us-east-1)
         self.heads: Counter[tuple[str, str]] = Counter()
+        self.lists: Counter[ListQuery] = Counter()  # every listing call
         self.gets: Counter[tuple[str, str, int]] = Counter()  # (bucket, key, start)
         self.delay_s = delay_s
         self.fail: CacheError | None = None  # raised by every call while set
 
-    def put(self, bucket: str, key: str, data: bytes) -> str:
-        """Store an object and return its new ETag."""
+    def put(self, bucket: str, key: str, data: bytes, content_type: str = "",
+            headers: Headers = (), checksums: Headers = ()) -> str:
+        """Store an object (with what a HEAD describes it by) and return its new ETag."""
         etag = '"' + hashlib.md5(data + str(time.monotonic_ns()).encode()).hexdigest() + '"'
         self.objects[(bucket, key)] = (data, etag)
+        self.described[(bucket, key)] = (content_type, headers, checksums)
+        self.buckets.setdefault(bucket, "")
         return etag
 
     async def head(self, bucket: str, key: str) -> ObjectMeta:
@@ -37,7 +44,8 @@ class FakeOrigin:
         self.heads[(bucket, key)] += 1
         await self._step()
         data, etag = self._get(bucket, key)
-        return ObjectMeta(bucket, key, len(data), etag, 1_700_000_000.0)
+        ctype, headers, sums = self.described.get((bucket, key), ("", (), ()))
+        return ObjectMeta(bucket, key, len(data), etag, 1_700_000_000.0, ctype, headers, sums)
 
     async def get_range(self, meta: ObjectMeta, start: int, length: int) -> bytes:
         """Return bytes of the pinned version, or raise ObjectChanged."""
@@ -48,15 +56,48 @@ class FakeOrigin:
             raise ObjectChanged(meta.bucket, meta.key, meta.etag)
         return data[start:start + length]
 
-    async def list_page(self, bucket: str, prefix: str, token: str = "",
-                        limit: int = 1000) -> tuple[list[ObjectMeta], str]:
-        """Return objects under `prefix` after key `token`, `limit` at a time."""
+    async def list_objects(self, query: ListQuery) -> ListPage:
+        """Return a page of keys after start-after/token, rolled up at the delimiter.
+
+        The continuation token is the last key or common prefix returned, as SeaweedFS's is.
+        """
+        self.lists[query] += 1
         await self._step()
-        keys = sorted(k for (b, k) in self.objects if b == bucket and k.startswith(prefix)
-                      and k > token)
-        page = [ObjectMeta(bucket, k, len(self.objects[(bucket, k)][0]),
-                           self.objects[(bucket, k)][1]) for k in keys[:limit]]
-        return page, (keys[limit - 1] if len(keys) > limit else "")
+        q = query
+        if q.bucket not in self.buckets:
+            raise OriginNotFound(q.bucket, q.prefix, "bucket")
+        after = max(q.start_after, q.token)
+        entries: list[ListedObject | str] = []
+        for k in sorted(k for (b, k) in self.objects if b == q.bucket):
+            cut = k.find(q.delimiter, len(q.prefix)) if q.delimiter else -1
+            name = k[:cut + len(q.delimiter)] if cut >= 0 else k
+            if not k.startswith(q.prefix) or k <= after or name == after or name in entries:
+                continue
+            if len(entries) == q.limit:
+                last = entries[-1]
+                return self._page(entries, last if isinstance(last, str) else last.key)
+            data, etag = self.objects[(q.bucket, k)]
+            owner = ("fake-owner", "Fake Owner") if q.fetch_owner else ("", "")
+            entries.append(name if cut >= 0 else ListedObject(
+                k, len(data), etag, 1_700_000_000.0, "STANDARD", *owner))
+        return self._page(entries, "")
+
+    @staticmethod
+    def _page(entries: list[ListedObject | str], token: str) -> ListPage:
+        return ListPage(tuple(e for e in entries if isinstance(e, ListedObject)),
+                        tuple(e for e in entries if isinstance(e, str)), token)
+
+    async def list_buckets(self) -> list[BucketInfo]:
+        """Return every bucket that holds an object (or was added to `buckets`)."""
+        await self._step()
+        return [BucketInfo(b, 1_600_000_000.0) for b in sorted(self.buckets)]
+
+    async def bucket_region(self, bucket: str) -> str:
+        """Return the bucket's region, or raise OriginNotFound."""
+        await self._step()
+        if bucket not in self.buckets:
+            raise OriginNotFound(bucket, "", "bucket")
+        return self.buckets[bucket]
 
     async def _step(self) -> None:
         if self.delay_s:

@@ -29,7 +29,7 @@ class NodeProcess(ChildProcess):
         """Describe a node; `wrapper` runs it, e.g. ["prlimit", "--nofile=256:256", "--"]."""
         self.data_dir, self.origin_env, self.args = Path(data_dir), dict(origin_env), list(args)
         self.wrapper = list(wrapper)
-        self.http_port, self.grpc_port = free_port(), free_port()
+        self.http_port, self.grpc_port, self.s3_port = free_port(), free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}.log"
 
@@ -37,6 +37,11 @@ class NodeProcess(ChildProcess):
     def url(self) -> str:
         """Return the node's HTTP base URL."""
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def s3_url(self) -> str:
+        """Return the endpoint URL of the node's S3 API (AWS_ENDPOINT_URL of a client)."""
+        return f"http://127.0.0.1:{self.s3_port}"
 
     def start(self, timeout_s: float = 30.0) -> NodeProcess:
         """Start the process and wait until /readyz answers 200."""
@@ -50,7 +55,7 @@ class NodeProcess(ChildProcess):
             self.proc = subprocess.Popen(
                 [*self.wrapper, CACHENODE, "--data-dir", str(self.data_dir), "--http",
                  f"127.0.0.1:{self.http_port}", "--grpc", f"127.0.0.1:{self.grpc_port}",
-                 *self.args],
+                 "--s3", f"127.0.0.1:{self.s3_port}", *self.args],
                 env={**os.environ, **self.origin_env}, stdout=log, stderr=subprocess.STDOUT,
                 # Own session, hence own scheduler autogroup (as etcd and SeaweedFS have): else
                 # the node's one loop thread competes thread-for-thread with the test's reader

@@ -36,7 +36,7 @@ async def pair(tmp_path: Path, etcd: Etcd) -> AsyncIterator[tuple[CacheNode, Cac
     def config(name: str, ttl: float) -> NodeConfig:
         return NodeConfig(data_dir=tmp_path / name, block_size_bytes=BS,
                           capacity_bytes=64 * BS, http_addr=("127.0.0.1", 0),
-                          grpc_addr=("127.0.0.1", 0), metadata_ttl_s=ttl,
+                          grpc_addr=("127.0.0.1", 0), s3_addr=None, metadata_ttl_s=ttl,
                           etcd_endpoints=(etcd.endpoint,), cluster=cluster, site="s",
                           node_id=name, lease_ttl_s=4.0)
 

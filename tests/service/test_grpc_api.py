@@ -40,7 +40,7 @@ class Node:
 @pytest_asyncio.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=16 * BS,
-                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0), s3_addr=None,
                      fill_timeout_s=2.0)
     origin = FakeOrigin()
     data = blob(SIZE)

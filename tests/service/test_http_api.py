@@ -46,7 +46,7 @@ class Node:
 @pytest_asyncio.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=64 * BS,
-                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0), s3_addr=None,
                      fill_timeout_s=2.0)
     origin = FakeOrigin()
     async with CacheNode(cfg, origin=origin) as n, aiohttp.ClientSession() as http:
@@ -195,7 +195,7 @@ async def test_odd_keys(node: Node, key: str, raw_path: str) -> None:
 @pytest.mark.asyncio
 async def test_verbatim_origin_keys_keep_every_spelling(tmp_path: Path) -> None:
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=64 * BS,
-                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0), s3_addr=None,
                      origin_keys="verbatim")
     origin = FakeOrigin()
     keys = ["a//b///c", "/lead", "dir/", "a\\b", "a/b"]
@@ -323,7 +323,7 @@ async def test_origin_down(node: Node) -> None:
 @pytest.mark.asyncio
 async def test_fill_timeout_503(tmp_path: Path) -> None:
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
-                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0), s3_addr=None,
                      fill_timeout_s=0.05)
     origin = FakeOrigin()
     origin.put("bkt", "m", blob(BS))
@@ -420,7 +420,7 @@ async def test_reader_gone_before_headers_leaks_no_fd(node: Node) -> None:
 @pytest.mark.asyncio
 async def test_object_changed_after_headers_cuts_the_body(tmp_path: Path) -> None:
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
-                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0), s3_addr=None,
                      readahead_blocks=0)
     origin = FakeOrigin()
     old = blob(3 * BS, seed=1)
@@ -441,7 +441,7 @@ async def test_object_changed_after_headers_cuts_the_body(tmp_path: Path) -> Non
 @pytest.mark.asyncio
 async def test_overloaded_503(tmp_path: Path) -> None:
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
-                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0), s3_addr=None,
                      max_waiting_fills=1, readahead_blocks=0)
     origin = FakeOrigin()
     origin.put("bkt", "a", blob(BS))
@@ -472,7 +472,7 @@ async def test_failed_start_releases_everything(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
-                         http_addr=("127.0.0.1", port), grpc_addr=("127.0.0.1", 0))
+                         http_addr=("127.0.0.1", port), grpc_addr=("127.0.0.1", 0), s3_addr=None)
         fds = open_fds()
         with pytest.raises(OSError):
             async with CacheNode(cfg, origin=FakeOrigin()):
@@ -480,7 +480,7 @@ async def test_failed_start_releases_everything(tmp_path: Path) -> None:
         await settle_fds(fds)
     # The index lock was released: the same data dir opens again.
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=8 * BS,
-                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0))
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0), s3_addr=None)
     async with CacheNode(cfg, origin=FakeOrigin()) as n:
         assert n.http_port and n.grpc_port
         assert n.readiness() is None
@@ -635,3 +635,24 @@ async def test_a_forwarded_read_with_a_wrong_size_gets_no_other_block(node: Node
     headers["X-Blockcache-Size"] = str(len(data))
     status, _, body = await get(node, "/bkt/f.bin", headers)
     assert status == 206 and body == data[:BS]
+
+
+@pytest.mark.asyncio
+async def test_conditional_gets_304_and_412_before_any_fill(node: Node) -> None:
+    etag = node.put("c.bin", blob(3 * BS))
+    lm = email.utils.formatdate(LAST_MODIFIED, usegmt=True)
+    earlier = email.utils.formatdate(LAST_MODIFIED - 60, usegmt=True)
+    for method in ("GET", "HEAD"):
+        status, headers, body = await get(node, "/bkt/c.bin", {"If-None-Match": etag}, method)
+        assert (status, body, headers["ETag"]) == (304, b"", etag)  # was 200 with the body
+        status, _, body = await get(node, "/bkt/c.bin", {"If-Modified-Since": lm}, method)
+        assert (status, body) == (304, b"")
+        status, headers, _ = await get(node, "/bkt/c.bin", {"If-Unmodified-Since": earlier},
+                                       method)
+        assert status == 412 and headers["X-Blockcache-Error"] == "ConditionFailed"
+    assert sum(node.origin.gets.values()) == 0  # none of these read a byte
+    status, _, body = await get(node, "/bkt/c.bin", {"If-Match": f'"x", {etag}'})
+    assert status == 200 and body == blob(3 * BS)
+    status, _, body = await get(node, "/bkt/c.bin", {"If-None-Match": '"other"',
+                                                     "If-Modified-Since": lm})
+    assert status == 200 and body == blob(3 * BS)  # If-Modified-Since yields to If-None-Match

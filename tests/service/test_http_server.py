@@ -26,7 +26,7 @@ SLACK_S = 2.0
 async def node(tmp_path: Path) -> AsyncIterator[CacheNode]:
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=64 * 1024,
                      capacity_bytes=64 * 64 * 1024, http_addr=("127.0.0.1", 0),
-                     grpc_addr=("127.0.0.1", 0), max_connections=CAP,
+                     grpc_addr=("127.0.0.1", 0), s3_addr=None, max_connections=CAP,
                      header_timeout_s=HEADER_S, idle_timeout_s=5.0)
     origin = FakeOrigin()
     origin.put("bkt", "k", b"data")
@@ -84,7 +84,8 @@ async def test_over_the_cap_a_connection_gets_503_then_is_served_again(
 @pytest.mark.asyncio
 async def test_a_refusal_pending_at_shutdown_is_closed(tmp_path: Path) -> None:
     cfg = NodeConfig(data_dir=tmp_path, http_addr=("127.0.0.1", 0),
-                     grpc_addr=("127.0.0.1", 0), max_connections=1, header_timeout_s=5.0)
+                     grpc_addr=("127.0.0.1", 0), s3_addr=None, max_connections=1,
+                     header_timeout_s=5.0)
     async with CacheNode(cfg, origin=FakeOrigin()) as n:
         first = await asyncio.open_connection("127.0.0.1", n.http_port)
         second = await asyncio.open_connection("127.0.0.1", n.http_port)

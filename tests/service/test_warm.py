@@ -85,7 +85,7 @@ def warm_body(*objects: tuple[ObjectMeta, list[int]], verify: bool = False) -> d
 @pytest_asyncio.fixture
 async def node(tmp_path: Path) -> AsyncIterator[Node]:
     cfg = NodeConfig(data_dir=tmp_path, block_size_bytes=BS, capacity_bytes=64 * BS,
-                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0),
+                     http_addr=("127.0.0.1", 0), grpc_addr=("127.0.0.1", 0), s3_addr=None,
                      fill_timeout_s=2.0, node_id="node-a")
     origin = FakeOrigin()
     async with CacheNode(cfg, origin=origin) as n, aiohttp.ClientSession() as http:

@@ -1,0 +1,115 @@
+"""Send one object response body (aiohttp): blocks in order, stored ones by sendfile.
+
+Shared by the range API and the S3 API, so both leave by the same zero-copy path: a block
+stored here goes out of its file with sendfile(2), a block from a peer or the origin out
+of memory, and a response whose headers are out is cut, never patched, when a block fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator, MutableMapping
+from contextlib import aclosing
+
+from aiohttp import web
+
+from cachenode.blocks import ObjectMeta
+from cachenode.checksum import crc32c
+from cachenode.errors import CacheError
+from cachenode.metrics import NodeMetrics
+from cachenode.peers_http import CRC
+from cachenode.ranges import Span
+from cachenode.sendfile import ReaderStalled, SocketSender
+from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
+
+log = logging.getLogger("cachenode.http_api")
+
+
+def abort(request: web.BaseRequest) -> None:
+    """Close the connection at once (the response cannot be completed)."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+class BodySender:
+    """Stream byte spans of pinned object versions into aiohttp responses."""
+
+    def __init__(self, service: BlockService, metrics: NodeMetrics) -> None:
+        self._service, self._metrics = service, metrics
+
+    async def respond(self, request: web.BaseRequest, meta: ObjectMeta, span: Span,
+                      status: int, headers: MutableMapping[str, str], hops: int = 0,
+                      cached_only: bool = False) -> web.StreamResponse:
+        """Answer with `status`, `headers` and the bytes of `span` (none for HEAD).
+
+        A cache error before the headers is raised (the caller maps it to a status);
+        after them, the connection is cut so the reader sees a short body.
+        """
+        length = max(0, span.length)
+        if request.method == "HEAD" or length == 0:
+            headers["Content-Length"] = str(length)
+            return web.Response(status=status, headers=headers)
+        async with aclosing(self._service.chunks(meta, span.start, span.end, hops,
+                                                 cached_only)) as chunks:
+            first = await anext(chunks)  # errors before the headers still get a status
+            if (isinstance(first, FileChunk) and first.offset == 0
+                    and first.length == first.block.size == length):
+                # One whole stored block: its recorded crc32 lets a client check the bytes.
+                headers[CRC] = str(first.block.crc32c)
+            elif hops and isinstance(first, MemChunk) and len(first.data) == length:
+                crc = first.crc32c if first.crc32c is not None else crc32c(first.data)
+                headers[CRC] = str(crc)  # a peer checks every block
+            try:
+                resp = web.StreamResponse(status=status, headers=headers)
+                resp.content_length = length
+                await resp.prepare(request)
+                sender = SocketSender(request, resp,
+                                      stall_timeout_s=self._service.send_timeout_s)
+            except BaseException as e:
+                if isinstance(first, FileChunk):
+                    first.close()  # the reader left before the headers; nothing sends it
+                if isinstance(e, ConnectionError):
+                    log.debug("reader of s3://%s/%s left before the headers", meta.bucket,
+                              meta.key)
+                    abort(request)
+                    return web.Response(status=499)  # nginx's "client closed request"
+                raise
+            return await self._stream(request, resp, sender, first, chunks, meta, span)
+
+    async def _stream(self, request: web.BaseRequest, resp: web.StreamResponse,
+                      sender: SocketSender, first: Chunk,
+                      chunks: AsyncGenerator[Chunk, None], meta: ObjectMeta,
+                      span: Span) -> web.StreamResponse:
+        """Send every chunk after the headers; cut the connection on any failure."""
+        try:
+            await self._send(sender, first)
+            async for chunk in chunks:
+                await self._send(sender, chunk)
+        except (CacheError, EOFError) as e:
+            # Headers are out: cut the connection so the reader sees a short body,
+            # never bytes of another version or a silent gap.
+            log.warning("cut s3://%s/%s bytes=%d-%d after the headers: %s", meta.bucket,
+                        meta.key, span.start, span.end, e)
+            abort(request)
+            return resp
+        except ConnectionError as e:
+            if isinstance(e, ReaderStalled):
+                self._metrics.stalled_readers.inc()
+            log.debug("reader of s3://%s/%s went away: %s", meta.bucket, meta.key, e)
+            abort(request)
+            return resp
+        finally:
+            sender.close()
+        await resp.write_eof()
+        return resp
+
+    async def _send(self, sender: SocketSender, chunk: Chunk) -> None:
+        if isinstance(chunk, FileChunk):
+            try:
+                await sender.send_file(chunk.block.fd, chunk.offset, chunk.length)
+            finally:
+                chunk.close()
+            self._metrics.bytes_served.labels(chunk.block.source).inc(chunk.length)
+        else:
+            await sender.send_bytes(chunk.data)
+            self._metrics.bytes_served.labels(chunk.source).inc(len(chunk.data))
