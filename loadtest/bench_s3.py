@@ -317,11 +317,7 @@ def start_group(b: Bench, capacity: str) -> None:
 
     b.group = LocalGroup(b.tmp / "group", b.s3.env(), b.etcd.endpoint, N_NODES,
                          "--capacity", capacity, *b.args.node_arg)
-    for n in b.group.nodes:
-        if not hasattr(n, "s3_port"):  # a NodeProcess that does not pass --s3 itself
-            n.s3_port = h.free_port()
-            n.args += ["--s3", f"127.0.0.1:{n.s3_port}"]
-        b.s3_ports.append(n.s3_port)
+    b.s3_ports = [n.s3_port for n in b.group.nodes]  # NodeProcess passes --s3 127.0.0.1:port
     b.group.start()
     for port in b.s3_ports:
         h.wait_port(port)
