@@ -1,18 +1,20 @@
 """Record what S3 clients send on the wire: the Run:ai streamer and s5cmd against SeaweedFS.
 
     .venv/bin/python loadtest/s3_trace.py [--size MiB] [--shards 3] [--concurrency N]
-                                          [--chunk BYTES] [--tool streamer|s5cmd|both]
-                                          [--endpoint URL]
+                                          [--chunk BYTES] [--streamer-env K=V] [--tool streamer|s5cmd|both]
+                                          [--group [--node-arg ARG ...]]
 
-Starts SeaweedFS on 127.0.0.1 (unless `--endpoint` names an S3 server whose bucket `models`
-already holds the model), uploads a generated safetensors model (tests/safetensors_gen.py),
-and puts a recording reverse proxy in front: every request is forwarded unchanged and logged
-(method, path, query, the headers that matter to a server, status, response headers, bytes,
-start and end). Then it runs the streamer (tests/streamer_load.py, as vLLM does: list, pull
-the JSON files, stream the shards) and/or `s5cmd cp` of the prefix through the proxy, checks
-every tensor and file, and prints a summary per tool: requests by operation, Range sizes,
-requests in flight (max, mean), conditional and checksum headers, statuses. The full log goes
-to loadtest/results/trace-<stamp>.json.
+Starts SeaweedFS on 127.0.0.1, uploads a generated safetensors model (tests/safetensors_gen.py)
+once per tool, and puts a recording reverse proxy in front of SeaweedFS (with `--group`: in
+front of node n0's S3 listener of a 3-node group, and each tool runs twice, cold then warm).
+Every request is forwarded unchanged and logged: method, target form, path, query, the
+headers that matter to a server, status, time to headers, response headers, bytes, and when
+the client gave up on it. Then it runs the streamer (tests/streamer_load.py, as vLLM does:
+list, pull the JSON files, stream the shards) and/or `s5cmd cp` of the prefix through the
+proxy, checks every tensor and file, and prints a summary per run: requests by operation,
+Range sizes, requests in flight (max, mean), conditional and checksum headers, statuses,
+requests abandoned by the client and asked again. The full log goes to
+loadtest/results/trace-<stamp>.json.
 """
 
 from __future__ import annotations
@@ -116,23 +118,33 @@ class TraceProxy:
         headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
         url = URL(self.upstream + request.rel_url.raw_path_qs, encoded=True)
         body = request.content if request.body_exists else None
-        async with self._session.request(
-                request.method, url, headers=headers, data=body, allow_redirects=False,
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type")) as up:
-            resp = web.StreamResponse(status=up.status, reason=up.reason)
-            for k, v in up.headers.items():
-                if k.lower() not in HOP_BY_HOP:
-                    resp.headers.add(k, v)
-            await resp.prepare(request)
-            sent = 0
-            if request.method != "HEAD":
-                async for chunk in up.content.iter_chunked(256 * 1024):
-                    await resp.write(chunk)
-                    sent += len(chunk)
-            await resp.write_eof()
-            entry.update(status=up.status, bytes=sent, t1=time.monotonic(),
-                         response={k: up.headers[k] for k in KEPT_RESPONSE if k in up.headers})
-            return resp
+        sent = 0
+        resp: web.StreamResponse | None = None
+        try:
+            async with self._session.request(
+                    request.method, url, headers=headers, data=body, allow_redirects=False,
+                    skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type")) as up:
+                entry.update(status=up.status, ttfb=time.monotonic() - t0,
+                             response={k: up.headers[k] for k in KEPT_RESPONSE
+                                       if k in up.headers})
+                resp = web.StreamResponse(status=up.status, reason=up.reason)
+                for k, v in up.headers.items():
+                    if k.lower() not in HOP_BY_HOP:
+                        resp.headers.add(k, v)
+                await resp.prepare(request)
+                if request.method != "HEAD":
+                    async for chunk in up.content.iter_chunked(256 * 1024):
+                        await resp.write(chunk)
+                        sent += len(chunk)
+                await resp.write_eof()
+                entry.update(bytes=sent, t1=time.monotonic())
+                return resp
+        except (asyncio.CancelledError, ConnectionResetError):
+            # The client gave up on this request (closed its connection): note when.
+            entry.update(abandoned_after_s=time.monotonic() - t0, bytes=sent)
+            if resp is None or not resp.prepared:
+                raise
+            return resp  # nothing more to send to a client that has gone
 
 
 def operation(e: dict[str, Any]) -> str:
@@ -173,6 +185,10 @@ def summarize(log: list[dict[str, Any]]) -> dict[str, Any]:
         peak = max(peak, now)
     sizes = collections.Counter(range_len(e["headers"]["range"]) for e in done
                                 if "range" in e["headers"])
+    gone = [e for e in log if "abandoned_after_s" in e]
+    asked = collections.Counter((e["path"], e["headers"]["range"]) for e in log
+                                if e["method"] == "GET" and "range" in e["headers"])
+    ttfb = sorted(e["ttfb"] for e in log if "ttfb" in e)
     gets = [e for e in done if e["method"] == "GET" and "range" in e["headers"]]
     return {
         "requests": len(done), "by_operation": dict(collections.Counter(map(operation, done))),
@@ -182,6 +198,10 @@ def summarize(log: list[dict[str, Any]]) -> dict[str, Any]:
         else float(peak), "wall_s": t_last - t_first,
         "bytes": sum(e["bytes"] for e in done),
         "with_if_match": sum("if-match" in e["headers"] for e in gets),
+        "abandoned": len(gone), "abandoned_before_headers": sum("ttfb" not in e for e in gone),
+        "abandoned_after_s": sorted(round(e["abandoned_after_s"], 2) for e in gone)[:20],
+        "asked_again": sum(n - 1 for n in asked.values()),
+        "ttfb_s": {"p50": ttfb[len(ttfb) // 2], "max": ttfb[-1]} if ttfb else None,
         "absolute_form": sum(e["absolute_form"] for e in done),
         "header_names": dict(collections.Counter(k for e in done for k in e["headers"])),
         "user_agents": sorted({e["headers"].get("user-agent", "")[:60] for e in done}),
@@ -199,9 +219,41 @@ def print_summary(tool: str, s: dict[str, Any]) -> None:
     for k in ("by_operation", "status", "range_sizes", "header_names", "queries", "user_agents"):
         print(f"  {k}: {s.get(k)}")
     print(f"  ranged GETs with If-Match: {s.get('with_if_match')}; absolute-form targets: "
-          f"{s.get('absolute_form')}")
+          f"{s.get('absolute_form')}; time to headers {s.get('ttfb_s')}")
+    print(f"  abandoned by the client: {s.get('abandoned')} ({s.get('abandoned_before_headers')}"
+          f" before headers) after {s.get('abandoned_after_s')} s; GETs asked again (same "
+          f"key and Range): {s.get('asked_again')}")
     for e in s.get("first", []):
         print(f"  first: {e['method']} {e['path']}?{e['query']} {e['headers']} -> {e['status']}")
+
+
+def trace_tools(a: argparse.Namespace, proxy: TraceProxy, tmp: Path, manifest: dict[str, Any],
+                label: str, out: dict[str, Any]) -> None:
+    """Run the chosen tools through `proxy` once; log, summarize and check each."""
+    env = s3_env(proxy.url)
+    extra = dict(kv.split("=", 1) for kv in a.streamer_env)
+    if a.concurrency:
+        extra["RUNAI_STREAMER_CONCURRENCY"] = str(a.concurrency)
+    if a.chunk:
+        extra["RUNAI_STREAMER_CHUNK_BYTESIZE"] = str(a.chunk)
+    for tool in ("streamer", "s5cmd"):
+        if a.tool not in (tool, "both"):
+            continue
+        prefix = f"s3://{BUCKET}/trace-{tool}/"
+        shutil.rmtree(tmp / "out", ignore_errors=True)
+        if tool == "streamer":
+            r = run_streamer(env, prefix, tmp / "manifest.json", tmp / "out", extra)
+            check = f"{r['tensors']} tensors, {r['n_bad']} bad, {r['n_missing']} missing"
+        else:
+            r = run_s5cmd(env, prefix, tmp / "out")
+            r["bad"] = compare_files(tmp / "out", manifest)
+            check = f"{len(manifest['shards']) + len(manifest['other_files'])} files, bad " \
+                    f"{r['bad'][:3]}"
+        log = proxy.take()
+        name = f"{tool}{label}"
+        out["tools"][name] = {"result": r, "summary": summarize(log), "log": log}
+        print_summary(name, out["tools"][name]["summary"])
+        print(f"  checked: {check}")
 
 
 def main() -> int:
@@ -212,55 +264,51 @@ def main() -> int:
     p.add_argument("--tool", choices=("streamer", "s5cmd", "both"), default="both")
     p.add_argument("--concurrency", type=int, help="RUNAI_STREAMER_CONCURRENCY")
     p.add_argument("--chunk", type=int, help="RUNAI_STREAMER_CHUNK_BYTESIZE")
-    p.add_argument("--endpoint", help="trace this S3 server (bucket models, prefix trace/ "
-                                      "already uploaded by an earlier run) instead of SeaweedFS")
+    p.add_argument("--streamer-env", action="append", default=[], metavar="K=V",
+                   help="extra streamer setting (repeat), e.g. RUNAI_STREAMER_S3_REQUEST_TIMEOUT_MS=10000")
+    p.add_argument("--group", action="store_true",
+                   help="trace in front of node n0's S3 listener of a 3-node group (cold, then "
+                        "warm) instead of in front of SeaweedFS")
+    p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
+                   help="extra cachenode argument (repeat)")
     a = p.parse_args()
+    from tests.cluster import LocalGroup
+    from tests.servers import Etcd
+
     tmp = Path(tempfile.mkdtemp(prefix="blockcache-trace-"))
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    s3 = SeaweedFS(tmp / "seaweedfs")
+    s3, etcd = SeaweedFS(tmp / "seaweedfs"), Etcd(tmp / "etcd")
+    group: Any = None
     proxy: TraceProxy | None = None
     out: dict[str, Any] = {"argv": sys.argv, "tools": {}}
     failed: BaseException | None = None
     try:
-        src = tmp / "src"
-        manifest = write_model(src, a.size * MiB, a.shards, seed=7, hidden=512, vocab=8192)
+        manifest = write_model(tmp / "src", a.size * MiB, a.shards, seed=7, hidden=512,
+                               vocab=8192)
         (tmp / "manifest.json").write_text(json.dumps(manifest))
-        if a.endpoint:
-            upstream = a.endpoint
-        else:
-            s3.start()
-            s3.make_bucket(BUCKET)
-            upload_model(s3, BUCKET, "trace/", src, manifest)
-            upstream = s3.endpoint_url
+        s3.start()
+        s3.make_bucket(BUCKET)
+        for tool in ("streamer", "s5cmd"):
+            upload_model(s3, BUCKET, f"trace-{tool}/", tmp / "src", manifest)
+        upstream = s3.endpoint_url
+        if a.group:
+            etcd.start()
+            group = LocalGroup(tmp / "group", s3.env(), etcd.endpoint, 3, "--capacity", "4GiB",
+                               *a.node_arg)
+            group.start()
+            upstream = group.nodes[0].s3_url
         proxy = TraceProxy(upstream).start()
-        env = s3_env(proxy.url)
-        extra = {}
-        if a.concurrency:
-            extra["RUNAI_STREAMER_CONCURRENCY"] = str(a.concurrency)
-        if a.chunk:
-            extra["RUNAI_STREAMER_CHUNK_BYTESIZE"] = str(a.chunk)
-        prefix = f"s3://{BUCKET}/trace/"
-        if a.tool in ("streamer", "both"):
-            r = run_streamer(env, prefix, tmp / "manifest.json", tmp / "pulled", extra)
-            log = proxy.take()
-            out["tools"]["streamer"] = {"result": r, "summary": summarize(log), "log": log}
-            print_summary("streamer", out["tools"]["streamer"]["summary"])
-            print(f"  checked: {r['tensors']} tensors, {r['n_bad']} bad, {r['n_missing']} "
-                  f"missing ({r['bad'][:3]})")
-        if a.tool in ("s5cmd", "both"):
-            r = run_s5cmd(env, prefix, tmp / "s5cmd")
-            r["bad"] = compare_files(tmp / "s5cmd", manifest)
-            log = proxy.take()
-            out["tools"]["s5cmd"] = {"result": r, "summary": summarize(log), "log": log}
-            print_summary("s5cmd", out["tools"]["s5cmd"]["summary"])
-            print(f"  checked: {len(manifest['shards']) + len(manifest['other_files'])} files, "
-                  f"bad {r['bad'][:3]}")
+        for label in ([" cold", " warm"] if a.group else [""]):
+            trace_tools(a, proxy, tmp, manifest, label, out)
     except BaseException as e:  # noqa: BLE001 - still save what was recorded
         failed = e
         out["error"] = repr(e)
     finally:
         if proxy is not None:
             proxy.stop()
+        if group is not None:
+            group.stop()
+        etcd.stop()
         s3.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
