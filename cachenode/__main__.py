@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("cachenode").info("%s", fd_limit)
     try:
         uvloop.run(serve(config))
+    except ConfigError as e:  # a file an option names (--access-keys...) is invalid
+        print(f"cachenode: invalid configuration: {e}", file=sys.stderr)
+        return 2
     except (OSError, CacheError, MembershipError) as e:
         print(f"cachenode: cannot start: {e}", file=sys.stderr)
         return 1

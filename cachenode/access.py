@@ -3,14 +3,17 @@
 This is the seam between the transports and authentication. Each adapter (HTTP range API,
 S3 API, gRPC) builds a `RequestView` of what it received, asks `Authenticator.authenticate`
 for the `Principal` (or gets `AccessDenied`), and checks `Principal.may_read` (or
-`may_list`) before any metadata lookup or origin call: a refused request costs the origin
-nothing and does not tell whether the object exists. With no keys configured the node is
-open: `authenticate` returns `OPEN`, which may read everything.
+`may_list`; `require_read`/`require_list` raise the one refusal every API gives) before any
+metadata lookup or origin call: a refused request costs the origin nothing and does not tell
+whether the object exists. With no keys and no cluster secret configured the node is open:
+`authenticate` returns `OPEN`, which may read everything. `Principal.internal` marks who may
+make the cluster's own requests (peer reads with their X-Blockcache-* headers honoured,
+`/_warm`, `/_evict`): holders of the cluster secret, or everyone on a node with no auth at all.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -40,6 +43,7 @@ class Principal:
     name: str  # access key id or tenant name, for logs and metrics; never a secret
     scopes: tuple[Scope, ...] = ()  # empty: everything the node's origin credentials can read
     unrestricted: bool = False  # True for OPEN and for keys configured without scopes
+    internal: bool = False  # a node or coordinator of this cluster (or no auth at all: OPEN)
 
     def may_read(self, bucket: str, key: str) -> bool:
         """Return whether this principal may read object `bucket/key`."""
@@ -54,7 +58,7 @@ class Principal:
         return None if self.unrestricted else frozenset(s.bucket for s in self.scopes)
 
 
-OPEN = Principal("anonymous", (), unrestricted=True)
+OPEN = Principal("anonymous", (), unrestricted=True, internal=True)  # no auth configured
 
 
 class AccessDenied(CacheError):
@@ -77,8 +81,19 @@ class RequestView:
     method: str
     raw_path: str  # percent-encoded, as on the request line, without the query
     raw_query: str  # as on the request line, after '?', '' if none
-    headers: Mapping[str, str]  # header names in lower case; repeated headers joined by ','
+    headers: Mapping[str, str]  # names in lower case; values trimmed, inner runs of spaces
+    # made one (SigV4's Trimall); a repeated header's values joined by ',' (use `of`)
     transport: str = "http"  # "http", "s3" or "grpc"
+
+    @classmethod
+    def of(cls, method: str, target: str, headers: Iterable[tuple[str, str]],
+           transport: str = "http") -> RequestView:
+        """Return the view of a request: its method, raw request target and header pairs."""
+        path, _, query = target.partition("?")
+        joined: dict[str, list[str]] = {}
+        for name, value in headers:
+            joined.setdefault(name.strip().lower(), []).append(" ".join(value.split()))
+        return cls(method, path, query, {k: ",".join(v) for k, v in joined.items()}, transport)
 
 
 class Authenticator(Protocol):
@@ -102,3 +117,17 @@ class OpenAccess:
     def authenticate(self, request: RequestView, now: float) -> Principal:
         """Return OPEN."""
         return OPEN
+
+
+def require_read(principal: Principal, bucket: str, key: str) -> None:
+    """Raise AccessDenied unless `principal` may read `bucket/key` (whether or not it exists)."""
+    if not principal.may_read(bucket, key):
+        raise AccessDenied("AccessDenied", f"access key {principal.name} may not read "
+                           f"s3://{bucket}/{key}")
+
+
+def require_list(principal: Principal, bucket: str, prefix: str) -> None:
+    """Raise AccessDenied unless `principal` may list `bucket` under `prefix`."""
+    if not principal.may_list(bucket, prefix):
+        raise AccessDenied("AccessDenied", f"access key {principal.name} may not list "
+                           f"s3://{bucket}/{prefix}")

@@ -49,6 +49,11 @@ def parse_domain(text: str) -> str:
     return value
 
 
+def _path(text: str) -> Path | None:
+    """Return a file path, or None for an empty one."""
+    return Path(text) if str(text).strip() else None
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Everything a cache node needs to start; sizes in bytes, times in seconds."""
@@ -164,6 +169,16 @@ class NodeConfig:
     etcd_connect_timeout_s: float = field(default=30.0, metadata=_opt(
         "--etcd-connect-timeout", "how long a starting node waits for etcd before it gives up",
         parse_duration))
+    access_keys_file: Path | None = field(default=None, metadata=_opt(
+        "--access-keys", "file of access keys, one 'ACCESS_KEY_ID SECRET [SCOPE ...]' a line "
+        "(SCOPE: bucket or bucket/prefix; none: all; '#' comments); with it every object "
+        "read and listing needs a SigV4 signature or a presigned URL of a key whose scope "
+        "covers it; re-read within ~2s when it changes; empty = no keys (the node is open)",
+        _path))
+    cluster_secret_file: Path | None = field(default=None, metadata=_opt(
+        "--cluster-secret-file", "file holding the secret the group's nodes sign their "
+        "requests to each other with (peer reads, handoff questions, /_warm, /_evict); "
+        "required with --access-keys in a group (--etcd)", _path))
     log_level: str = field(default="INFO", metadata=_opt(
         "--log-level", "DEBUG, INFO, WARNING or ERROR", str.upper))
 
@@ -204,6 +219,10 @@ class NodeConfig:
             raise ConfigError("--max-connections must not be negative (0 = from the fd limit)")
         if self.origin_keys not in KEY_POLICIES:
             raise ConfigError(f"--origin-keys {self.origin_keys!r} is not strict or verbatim")
+        if self.access_keys_file and self.etcd_endpoints and not self.cluster_secret_file:
+            raise ConfigError("--cluster-secret-file is required when --access-keys and "
+                              "--etcd are set: without it peer reads could not be told from "
+                              "forged ones")
         if self.log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"--log-level {self.log_level!r} is not DEBUG/INFO/WARNING/ERROR")
 

@@ -60,6 +60,10 @@ class Filler:
         while self._writes:
             await asyncio.gather(*list(self._writes), return_exceptions=True)
 
+    def cannot_store(self) -> bool:
+        """Return whether the store is out of rotation (fills are served from memory)."""
+        return self._store.failed is not None
+
     def has(self, ref: BlockRef) -> bool:
         """Return whether the block is stored here (an index lookup, no I/O)."""
         return self._store.has(ref.block_id, ref.length)

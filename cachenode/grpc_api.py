@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
 import grpc
 
-from cachenode import authorize
-from cachenode.access import AccessDenied, Authenticator, OpenAccess
+from cachenode.access import AccessDenied, Authenticator, OpenAccess, require_read
+from cachenode.auth.grpc_auth import call_view
 from cachenode.blocks import BlockRef, ObjectMeta, block_count
 from cachenode.checksum import crc32c
 from cachenode.errors import (
@@ -39,10 +40,10 @@ from cachenode.singleflight import FlightCancelled
 CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
 MAX_REQUEST_BYTES = 64 * 1024  # a request names one object: keys are at most 1 KiB
 MAX_STREAMS_PER_CONNECTION = 128
-SERVICE_PATH = "/blockcache.v1.BlockCache/"  # the method path of each call
+CODE_KEY = "blockcache-code"  # trailing metadata of a refusal: the S3 error code
 GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
+    AccessDenied: grpc.StatusCode.PERMISSION_DENIED,  # bad credentials: UNAUTHENTICATED
     BadRequest: grpc.StatusCode.INVALID_ARGUMENT,
-    AccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     MalformedRange: grpc.StatusCode.INVALID_ARGUMENT,
     RangeNotSatisfiable: grpc.StatusCode.OUT_OF_RANGE,
     OriginNotFound: grpc.StatusCode.NOT_FOUND,
@@ -60,6 +61,8 @@ GRPC_STATUS: dict[type[CacheError], grpc.StatusCode] = {
 
 def code_of(err: CacheError) -> grpc.StatusCode:
     """Return the gRPC status code for a cache error (most specific class wins)."""
+    if isinstance(err, AccessDenied) and getattr(err, "code", "") != "AccessDenied":
+        return grpc.StatusCode.UNAUTHENTICATED  # no valid credential, not a scope refusal
     for cls in type(err).__mro__:
         if cls in GRPC_STATUS:
             return GRPC_STATUS[cls]
@@ -80,16 +83,16 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
         self._service, self._metrics, self._block_size = service, metrics, block_size
         self._auth = authenticator or OpenAccess()
 
-    def _authorize(self, method: str, context: grpc.aio.ServicerContext, bucket: str,
-                   key: str) -> None:
-        """Raise AccessDenied unless the call's credentials (metadata) may read the object."""
-        view = authorize.grpc_view(SERVICE_PATH + method, context.invocation_metadata() or ())
-        authorize.require_read(authorize.principal(self._auth, view), bucket, key)
+    def _check(self, method: str, request: object, context: grpc.aio.ServicerContext) -> None:
+        """Raise AccessDenied unless the call's credentials may read what it names."""
+        view = call_view(method, request, context.invocation_metadata() or ())
+        principal = self._auth.authenticate(view, time.time())
+        require_read(principal, getattr(request, "bucket"), getattr(request, "key"))
 
     async def Stat(self, request: pb.StatRequest,
                    context: grpc.aio.ServicerContext) -> pb.ObjectInfo:
         try:
-            self._authorize("Stat", context, request.bucket, request.key)
+            self._check("Stat", request, context)
             meta = await self._service.stat(request.bucket, request.key)
         except CacheError as e:
             await self._abort(context, "Stat", e)
@@ -99,7 +102,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadRange(self, request: pb.ReadRangeRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            self._authorize("ReadRange", context, request.bucket, request.key)
+            self._check("ReadRange", request, context)
             meta = await self._service.pinned(request.bucket, request.key, request.etag)
             start = request.offset
             end = meta.size - 1 if request.length < 0 else start + request.length - 1
@@ -123,8 +126,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadBlock(self, request: pb.ReadBlockRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            if not request.hops:  # a forwarded read is the cluster secret's to check
-                self._authorize("ReadBlock", context, request.bucket, request.key)
+            self._check("ReadBlock", request, context)
             meta = await self._service.pinned(request.bucket, request.key, request.etag)
             if request.object_size != meta.size:  # the block id does not cover the size
                 raise BadRequest(f"object_size {request.object_size} does not match the "
@@ -156,9 +158,11 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
                      err: CacheError) -> None:
         code = code_of(err)
         self._metrics.requests.labels("grpc", code.name).inc()
-        name = type(err).__name__
-        what = f"{name} ({err.code})" if isinstance(err, AccessDenied) else name
-        await context.abort(code, f"{what}: {err}", trailing_metadata=((ERROR_KEY, name),))
+        trailing: tuple[tuple[str, str], ...] = ((ERROR_KEY, type(err).__name__),)
+        if isinstance(err, AccessDenied):
+            self._metrics.auth_failures.labels("grpc", err.code).inc()
+            trailing += ((CODE_KEY, err.code),)
+        await context.abort(code, f"{type(err).__name__}: {err}", trailing_metadata=trailing)
 
 
 async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics) -> AsyncIterator[bytes]:

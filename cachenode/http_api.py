@@ -11,8 +11,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cachenode import authorize
-from cachenode.access import Authenticator, OpenAccess
+from cachenode.access import (
+    AccessDenied,
+    Authenticator,
+    OpenAccess,
+    Principal,
+    RequestView,
+    require_list,
+    require_read,
+)
+from cachenode.auth.cluster import BODY_SHA256, body_matches
 from cachenode.blocks import ObjectMeta
 from cachenode.conditions import evaluate, if_range_holds, pinned_etag
 from cachenode.errors import (
@@ -52,6 +60,19 @@ class HttpApi:
         self._body_timeout_s = body_timeout_s  # an admin body must arrive within this
         self._auth = authenticator or OpenAccess()
         self._body = BodySender(service, metrics)
+
+    def _principal(self, request: web.Request) -> Principal:
+        """Return who sent the request (cachenode/access.py), or raise AccessDenied."""
+        headers = [(k.decode("latin-1"), v.decode("utf-8", "surrogateescape"))
+                   for k, v in request.raw_headers]
+        view = RequestView.of(request.method, request.raw_path, headers, "http")
+        return self._auth.authenticate(view, time.time())
+
+    def _failed(self, err: CacheError) -> web.Response:
+        """Return the error response of a cache error, counting refusals."""
+        if isinstance(err, AccessDenied):
+            self._metrics.auth_failures.labels("http", getattr(err, "code", "")).inc()
+        return error_response(err)
 
     def app(self) -> web.Application:
         """Return the aiohttp application."""
@@ -107,13 +128,12 @@ class HttpApi:
         q = request.query
         try:
             bucket, prefix = request.match_info["bucket"], q.get("prefix", "")
-            who = authorize.principal(self._auth, authorize.http_view(request, "http"))
-            authorize.require_list(who, bucket, prefix)
+            require_list(self._principal(request), bucket, prefix)
             limit = int(q.get("max-keys", "1000")) if q.get("max-keys", "1000").isdigit() else 0
             objs, token = await self._service.list_page(bucket, prefix, q.get("token", ""),
                                                         limit)
         except CacheError as e:
-            return error_response(e)
+            return self._failed(e)
         return web.json_response({
             "objects": [{"key": o.key, "size": o.size, "etag": o.etag,
                          "last_modified": o.last_modified} for o in objs],
@@ -123,6 +143,9 @@ class HttpApi:
         """Run POST /_warm or /_evict (JSON in, JSON out) on this node's own disk."""
         assert self._admin is not None  # the routes exist only with it
         try:
+            if not self._principal(request).internal:
+                raise AccessDenied("AccessDenied", f"{request.path} needs a request signed "
+                                   "with the cluster secret")
             problem = self._ready()
             if problem:
                 raise NotReady(problem)
@@ -137,10 +160,13 @@ class HttpApi:
                     "(--header-timeout)")}, status=408, headers={"Connection": "close"})
                 resp.force_close()
                 return resp
+            if BODY_SHA256 in request.headers and not body_matches(request.headers, body):
+                raise AccessDenied("AccessDenied", f"the body does not match its signed "
+                                   f"{BODY_SHA256}")
             run = self._admin.warm_json if request.path == "/_warm" else self._admin.evict_json
             return web.json_response(await run(body))
         except CacheError as e:
-            return error_response(e)
+            return self._failed(e)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         resp = web.Response(body=generate_latest(self._metrics.registry))
@@ -149,25 +175,26 @@ class HttpApi:
 
     async def _object(self, request: web.Request) -> web.StreamResponse:
         try:
+            principal = self._principal(request)
             bucket, key = parse_object_path(request.rel_url.raw_path)
-            if not small_int(request.headers.get(HOPS)):  # peers: the cluster secret's
-                who = authorize.principal(self._auth, authorize.http_view(request, "http"))
-                authorize.require_read(who, bucket, key)
+            require_read(principal, bucket, key)  # before any lookup: nothing told, nothing asked
             for attempt in (1, 2):
                 try:
-                    return await self._serve(request, bucket, key)
+                    return await self._serve(request, bucket, key, principal.internal)
                 except ObjectChanged as e:
                     if attempt == 2 or isinstance(e, PreconditionFailed):
                         raise  # changed twice in a row (let the reader retry), or If-Match
             raise AssertionError("unreachable")
         except CacheError as e:
-            return error_response(e)
+            return self._failed(e)
 
-    async def _serve(self, request: web.Request, bucket: str, key: str) -> web.StreamResponse:
-        hops = small_int(request.headers.get(HOPS))
-        cached_only = request.headers.get(CACHED_ONLY) == "1"
+    async def _serve(self, request: web.Request, bucket: str, key: str, peer: bool
+                     ) -> web.StreamResponse:
+        """Stream the object's range; peer headers count only on the cluster's own requests."""
+        hops = small_int(request.headers.get(HOPS)) if peer else 0
+        cached_only = peer and request.headers.get(CACHED_ONLY) == "1"
         meta = await self._pinned(request, bucket, key, hops, cached_only)
-        epoch = small_int(request.headers.get(EPOCH), limit=2**63)
+        epoch = small_int(request.headers.get(EPOCH), limit=2**63) if peer else 0
         if epoch and epoch != self._service.router.epoch:
             self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
         headers = object_headers(meta)

@@ -28,8 +28,8 @@ from cachenode.errors import (
 from cachenode.singleflight import FlightCancelled
 
 HTTP_STATUS: dict[type[CacheError], int] = {
-    BadRequest: 400,
     AccessDenied: 403,
+    BadRequest: 400,
     PayloadTooLarge: 413,
     OriginNotFound: 404,
     MalformedRange: 416,
@@ -70,9 +70,9 @@ def error_response(err: CacheError) -> web.Response:
         headers["Content-Range"] = f"bytes */{err.size}"
     if status_of(err) == 503:
         headers["Retry-After"] = "1"
-    fields = {"error": type(err).__name__, "reason": str(err)}
-    if isinstance(err, AccessDenied):
-        fields["code"] = err.code
-    body = json.dumps(fields) + "\n"
+    doc = {"error": type(err).__name__, "reason": str(err)}
+    if isinstance(err, AccessDenied):  # the S3 error code: SignatureDoesNotMatch...
+        doc["code"] = headers["X-Blockcache-Code"] = getattr(err, "code", "AccessDenied")
+    body = json.dumps(doc) + "\n"
     return web.Response(status=status_of(err), text=body, content_type="application/json",
                         headers=headers)

@@ -112,6 +112,15 @@ class NodeMetrics:
         self.membership_healthy = Gauge(p + "membership_healthy",
                                         "1 while registered in etcd, 0 while etcd is out of "
                                         "reach (serving with the last ring seen)", registry=r)
+        self.auth_failures = Counter(p + "auth_failures",
+                                     "Requests refused for their credentials or scope (403), "
+                                     "by API and S3 error code", ["api", "code"], registry=r)
+        self.access_keys = Gauge(p + "access_keys", "Access keys loaded from --access-keys",
+                                 registry=r)
+        self.access_key_reloads = Counter(p + "access_key_reloads",
+                                          "Reads of the --access-keys file after a change, by "
+                                          "result (ok/invalid: the old keys kept)", ["result"],
+                                          registry=r)
 
     def value(self, name: str, **labels: str) -> float:
         """Return the current value of a sample, for tests and the CLI (0 if absent)."""

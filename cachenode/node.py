@@ -45,8 +45,12 @@ DRAIN_WAIT_S = 1.0  # after marking itself draining, before leaving the ring
 class CacheNode:
     """One cache node: `async with CacheNode(config) as node:` serves until the block ends."""
 
-    def __init__(self, config: NodeConfig, origin: Origin | None = None) -> None:
+    def __init__(self, config: NodeConfig, origin: Origin | None = None,
+                 authenticator: Authenticator | None = None) -> None:
+        """Wire a node; `authenticator` overrides the one the config builds (for tests)."""
         self.config = config
+        self.authenticator: Authenticator = authenticator or OpenAccess()  # set at start
+        self._given_auth = authenticator is not None
         self.metrics = NodeMetrics()
         space = StoreSpace(config.data_dir, config.capacity_bytes, config.min_free_disk,
                            config.disk_check_interval_s)
@@ -61,8 +65,6 @@ class CacheNode:
                              config.peer_memory_blocks)
         self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router)
         self.lister = Lister(self.origin)
-        # Who may read what (cachenode/access.py): every API asks it at its edge.
-        self.authenticator: Authenticator = OpenAccess()
         self.membership: Membership | None = None
         self.limits: ConnectionLimits | None = None  # set at start, from the fd limit
         self._stack = AsyncExitStack()
@@ -92,6 +94,7 @@ class CacheNode:
     async def start(self) -> None:
         """Open the store, connect the origin and start listening; undo all on failure."""
         try:
+            self._start_auth()
             await asyncio.get_running_loop().run_in_executor(None, self.store.open)
             self._stack.callback(self.store.close)
             if self._s3 is not None:
@@ -123,6 +126,29 @@ class CacheNode:
                  "%d of %d bytes)", self.config.http_addr[0], self.http_port,
                  self.config.grpc_addr[0], self.grpc_port, s3, self.config.data_dir,
                  self.store.block_count, self.store.used_bytes, self.store.space.limit)
+
+    def _start_auth(self) -> None:
+        """Load access keys and the cluster secret (ConfigError if invalid); watch the keys."""
+        from cachenode.auth.edge import build_authenticator
+
+        def reloaded(result: str, keys: int) -> None:
+            self.metrics.access_key_reloads.labels(result).inc()
+            self.metrics.access_keys.set(keys)
+
+        auth, keys, cluster = build_authenticator(self.config, reloaded)
+        if not self._given_auth:
+            self.authenticator = auth
+        if self.peers is not None:
+            self.peers.cluster = cluster
+        if keys is not None:
+            watch = asyncio.ensure_future(keys.watch())
+            self._stack.callback(watch.cancel)
+        elif not self.authenticator.enabled:
+            log.warning("no --access-keys: this node is open, anyone who reaches it reads "
+                        "every object its origin credentials can read")
+        if self.peers is not None and cluster is None:
+            log.warning("no --cluster-secret-file: peer requests, /_warm and /_evict are "
+                        "not authenticated (keep the nodes on a trusted network)")
 
     async def _start_http(self) -> Gate:
         """Listen for the range API; return the connection gate the S3 listener shares."""

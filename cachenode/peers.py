@@ -14,6 +14,7 @@ import time
 
 import grpc
 
+from cachenode.auth.grpc_auth import GrpcCredentials
 from cachenode.blocks import BlockRef
 from cachenode.checksum import crc32c
 from cachenode.errors import CacheError, PeerUnavailable, remote_error
@@ -37,8 +38,10 @@ CHANNEL_OPTIONS = [
 class PeerClient:
     """One gRPC channel per peer address; reads whole blocks with a deadline."""
 
-    def __init__(self, metrics: NodeMetrics, timeout_s: float) -> None:
+    def __init__(self, metrics: NodeMetrics, timeout_s: float,
+                 credentials: GrpcCredentials | None = None) -> None:
         self._metrics, self._timeout_s = metrics, timeout_s
+        self._credentials = credentials  # signs every call when set (a node with keys)
         self._channels: dict[str, tuple[grpc.aio.Channel, pb_grpc.BlockCacheStub]] = {}
         self._down_until: dict[str, float] = {}  # guarded by the loop
 
@@ -73,7 +76,9 @@ class PeerClient:
         parts: list[bytes] = []
         got, crc, want_crc = 0, 0, None
         try:
-            call = self._stub(addr).ReadBlock(req, timeout=self._timeout_s)
+            md = (self._credentials.metadata("ReadBlock", req)
+                  if self._credentials is not None else None)
+            call = self._stub(addr).ReadBlock(req, timeout=self._timeout_s, metadata=md)
             async for chunk in call:
                 if chunk.offset != ref.start + got or got + len(chunk.data) > ref.length:
                     raise self._failed(addr, "sent bytes out of order or past the block")

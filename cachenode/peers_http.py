@@ -5,7 +5,9 @@ moves 1.5-1.9x faster over HTTP (crc32 checked on receipt) than over gRPC ReadBl
 half the CPU per GB; the owner sends disk hits with sendfile. What gRPC carried besides the
 bytes travels in headers: the request pins the ETag (`If-Match`) and carries the hop count,
 ring epoch and handoff flag; the response carries the block's crc32 and, on errors, the cache
-error's class name (`X-Blockcache-Error`).
+error's class name (`X-Blockcache-Error`). With a cluster secret each request is signed
+(cachenode/auth/cluster.py); a peer that refuses the signature (403) counts as unavailable,
+so the read goes to the next owner or the origin.
 """
 
 from __future__ import annotations
@@ -16,8 +18,11 @@ import time
 import urllib.parse
 
 import aiohttp
+from yarl import URL
 
 from cachenode import checksum
+from cachenode.auth.cluster import HEADER as CLUSTER_AUTH
+from cachenode.auth.cluster import ClusterKey
 from cachenode.blocks import BlockRef
 from cachenode.checksum import crc32c
 from cachenode.errors import CacheError, ObjectChanged, PeerUnavailable, remote_error
@@ -39,9 +44,10 @@ CONNECT_TIMEOUT_S = 3.0
 class HttpPeerClient:
     """A pooled HTTP client for whole-block reads from other nodes, with a deadline."""
 
-    def __init__(self, metrics: NodeMetrics, timeout_s: float, max_connections: int = 256
-                 ) -> None:
+    def __init__(self, metrics: NodeMetrics, timeout_s: float, max_connections: int = 256,
+                 cluster: ClusterKey | None = None) -> None:
         self._metrics, self._timeout_s = metrics, timeout_s
+        self.cluster = cluster  # signs every request when set
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
@@ -88,13 +94,15 @@ class HttpPeerClient:
         the CacheError the peer reported (OriginNotFound, ObjectChanged, BlockNotCached...).
         """
         meta = ref.obj
-        url = (f"http://{addr}/{urllib.parse.quote(meta.bucket)}/"
-               f"{urllib.parse.quote(meta.key)}")
+        path = f"/{urllib.parse.quote(meta.bucket)}/{urllib.parse.quote(meta.key)}"
+        url = URL(f"http://{addr}{path}", encoded=True)  # sent as signed, not re-quoted
         headers = {"Range": f"bytes={ref.start}-{ref.start + ref.length - 1}",
                    "If-Match": meta.etag, SIZE: str(meta.size), HOPS: str(hops),
                    EPOCH: str(epoch)}
         if cached_only:
             headers[CACHED_ONLY] = "1"
+        if self.cluster is not None:
+            headers[CLUSTER_AUTH] = self.cluster.sign("GET", path, "", headers, time.time())
         deadline = timeout_s or self._timeout_s  # always one: a None would mean no timeout
         try:
             async with asyncio.timeout(deadline):
@@ -123,7 +131,7 @@ class HttpPeerClient:
         self._metrics.peer_bytes.inc(len(data))
         return data
 
-    async def _get(self, addr: str, url: str, headers: dict[str, str], ref: BlockRef,
+    async def _get(self, addr: str, url: URL, headers: dict[str, str], ref: BlockRef,
                    deadline_s: float) -> tuple[bytes, str | None]:
         """Return the body and crc header of one block GET, or raise the peer's error."""
         timeout = aiohttp.ClientTimeout(total=deadline_s + 1, sock_connect=CONNECT_TIMEOUT_S)
@@ -143,6 +151,8 @@ class HttpPeerClient:
             reason = str(body.get("reason", reason))
         except (ValueError, aiohttp.ClientError):
             pass
+        if r.status == 403:  # our cluster signature: that node's config (or ours), not the read
+            return self._failed(addr, f"refused this node's cluster signature: {reason[:200]}")
         if name == "PreconditionFailed":  # the peer knows a newer version than our pin
             return ObjectChanged(ref.obj.bucket, ref.obj.key, ref.obj.etag)
         if name:

@@ -138,9 +138,14 @@ class Router:
     def held_in_memory(self, ref: BlockRef, hops: int, cached_only: bool) -> int:
         """Return the bytes a read of this block will hold in memory (0: sent from a file).
 
-        A block another node owns, and not stored here, comes as bytes from that node.
+        A block another node owns, and not stored here, comes as bytes from that node; so
+        does every block filled here while the disk is out of rotation (it cannot be kept).
         """
-        if hops or cached_only or self.filler.has(ref):
+        if cached_only or self.filler.has(ref):
+            return 0
+        if self.filler.cannot_store():
+            return ref.length
+        if hops:
             return 0
         owners = self.owners(ref)
         return ref.length if owners and owners[0] != self.node_id else 0

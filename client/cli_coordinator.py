@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
 from client.coordinator import CoordinatorClient, Job
-from client.errors import ClientError, CoordinatorError, CoordinatorUnavailable
+from client.errors import ClientError, CoordinatorUnavailable
 from client.progress import (
     format_bytes,
     job_lines,
@@ -24,10 +24,9 @@ from client.progress import (
 
 NO_COORDINATOR = "no coordinator: pass --coordinator URL or set CACHECTL_COORDINATOR"
 POLL_S = 1.0  # --wait: one GET of the job this often
-GIVE_UP_S = 60.0  # --wait: how long the coordinator may be unreachable (a replica failing over)
+GIVE_UP_S = 60.0  # --retry-for: how long a request failing for a passing reason is retried
 PLAIN_EVERY_S = 5.0  # --wait without a TTY: one progress line this often
 FINISHED = {"complete": 0, "failed": 1, "cancelled": 2}  # final state -> exit code
-TRANSIENT = {502, 503, 504}  # answers worth polling again (a proxy without a replica behind it)
 
 
 def _check_prefix(url: str) -> str:
@@ -83,37 +82,24 @@ class JobReporter:
 
 
 async def wait_for(fetch: Callable[[str], Awaitable[Job]], job_id: str,
-                   show: Callable[[Job], None], note: Callable[[str], None], *,
-                   poll_s: float, give_up_s: float) -> Job:
-    """Poll a job with `fetch` until it finishes; ride out a lost coordinator for `give_up_s`."""
-    lost_since: float | None = None
+                   show: Callable[[Job], None], *, poll_s: float) -> Job:
+    """Poll a job with `fetch` until it finishes (`fetch` rides out a lost coordinator)."""
     while True:
         try:
             job = await fetch(job_id)
-        except (CoordinatorUnavailable, CoordinatorError) as e:
-            if isinstance(e, CoordinatorError) and e.status not in TRANSIENT:
-                raise
-            now = time.monotonic()
-            if lost_since is None:
-                lost_since = now
-                note(f"cachectl: {e}; retrying for up to {give_up_s:g}s")
-            elif now - lost_since >= give_up_s:
-                raise CoordinatorUnavailable(
-                    f"gave up waiting after {now - lost_since:.0f}s without an answer ({e}); job "
-                    f"{job_id} may still be running: see `cachectl job {job_id}`") from None
-        else:
-            if lost_since is not None:
-                note("cachectl: the coordinator answers again")
-                lost_since = None
-            show(job)
-            if job.get("state") in FINISHED:
-                return job
+        except CoordinatorUnavailable as e:
+            raise CoordinatorUnavailable(f"{e}; job {job_id} may still be running: see "
+                                         f"`cachectl job {job_id}`") from None
+        show(job)
+        if job.get("state") in FINISHED:
+            return job
         await asyncio.sleep(poll_s)
 
 
 async def cmd_warmup(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
     """Start a warmup job; with --wait follow it to the end and exit by its final state."""
-    job = await cc.create_job(_check_prefix(args.url), args.sites, args.verify, args.pattern)
+    job = await cc.create_job(_check_prefix(args.url), args.sites, args.verify, args.pattern,
+                              args.job_id)
     job_id = str(job.get("id") or "")
     if not job_id:
         raise ClientError(f"the coordinator at {cc.base_url} answered without a job id")
@@ -125,8 +111,9 @@ async def cmd_warmup(cc: CoordinatorClient, args: argparse.Namespace, out: IO[st
     if not args.wait:
         return 0
     rep = JobReporter(sys.stderr)
+    cc.note = lambda message: rep.note(f"cachectl: {message}")  # off the progress bar's line
     try:
-        job = await wait_for(cc.job, job_id, rep.show, rep.note, poll_s=POLL_S, give_up_s=GIVE_UP_S)
+        job = await wait_for(cc.job, job_id, rep.show, poll_s=POLL_S)
     except asyncio.CancelledError:  # Ctrl-C: stop waiting, the job goes on
         rep.note(f"cachectl: stopped waiting; job {job_id} keeps running (see `cachectl job "
                  f"{job_id}`; stop it with `cachectl job cancel {job_id}`)")
@@ -223,6 +210,16 @@ def _non_negative(s: str) -> int:
     return n
 
 
+def _seconds(s: str) -> float:
+    try:
+        n = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s} is not a number of seconds") from None
+    if not 0 <= n < float("inf"):
+        raise argparse.ArgumentTypeError(f"{s} is not 0 or more seconds")
+    return n
+
+
 def _positive(s: str) -> int:
     n = int(s)
     if n < 1:
@@ -230,14 +227,24 @@ def _positive(s: str) -> int:
     return n
 
 
-def add_commands(sub: Any) -> None:
-    """Add the coordinator commands to cachectl's subparsers."""
+def _common_options() -> argparse.ArgumentParser:
+    """Return the parser of the options every coordinator command takes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--coordinator", default=argparse.SUPPRESS, metavar="URL",
                         help="coordinator URL, host:port or http://host:port "
                         "[env CACHECTL_COORDINATOR]")
     common.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
+    common.add_argument("--retry-for", type=_seconds, default=GIVE_UP_S, metavar="SECONDS",
+                        help="retry a coordinator that cannot answer now (unreachable, "
+                        "502/503/504: etcd down, a failover) this long; 0: never "
+                        f"[default {GIVE_UP_S:g}]")
     common.set_defaults(coordinator_command=True)
+    return common
+
+
+def add_commands(sub: Any) -> None:
+    """Add the coordinator commands to cachectl's subparsers."""
+    common = _common_options()
 
     def add(name: str, fn: Any, help: str, **kw: Any) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, parents=[common], help=help,
@@ -255,6 +262,9 @@ def add_commands(sub: Any) -> None:
     w.add_argument("--pattern", metavar="TEMPLATE", help="how bucket/prefix names a model "
                    "and a version: {model} is one or more path segments, {version} one, * any "
                    "one (default {model}/{version}: the last path segment is the version)")
+    w.add_argument("--job-id", metavar="ID", help="the job's id (1-64 letters, digits, '.', "
+                   "'_', '-'; default a fresh one): the same command with the same id starts no "
+                   "second job, it shows the first")
     w.add_argument("--wait", action="store_true", help="follow the job (progress on stderr), "
                    "print a summary; exit 0 complete, 1 failed, 2 cancelled")
     j = add("jobs", cmd_jobs, "list warmup jobs, newest first")
@@ -277,6 +287,11 @@ def add_commands(sub: Any) -> None:
                      help="keep the K newest ready versions of each model (pinned ones stay too)")
 
 
+def _note(message: str) -> None:
+    sys.stderr.write(f"cachectl: {message}\n")
+    sys.stderr.flush()
+
+
 async def run(args: argparse.Namespace, out: IO[str]) -> int:
     """Run one coordinator command; return its exit code."""
     if not args.coordinator:
@@ -285,6 +300,7 @@ async def run(args: argparse.Namespace, out: IO[str]) -> int:
         args.sites = _sites(args.sites)
         if not args.sites:
             raise ClientError("give at least one --site")
-    async with CoordinatorClient(args.coordinator) as cc:
+    async with CoordinatorClient(args.coordinator, retry_s=args.retry_for,
+                                 note=_note) as cc:
         code: int = await args.fn(cc, args, out)
         return code

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Mapping, Sequence
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -13,6 +16,9 @@ from yarl import URL
 
 from client.errors import ClientError, CoordinatorError, CoordinatorUnavailable
 
+RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy without a replica, etcd down, a failover
+RETRY_FIRST_S = 0.25  # the first pause between attempts; it doubles
+RETRY_MAX_S = 4.0  # the longest pause, also the cap of a Retry-After
 Job = dict[str, Any]  # the API's Job object
 Version = dict[str, Any]  # the API's Version object
 Policy = dict[str, Any]  # {"site": S, "keep": K}
@@ -32,12 +38,20 @@ def coordinator_url(url: str) -> str:
     return str(u.with_query(None).with_fragment(None)).rstrip("/")
 
 
+def new_job_id() -> str:
+    """Return a fresh job id (48 random bits: ids of concurrent clients do not meet)."""
+    return "w-" + secrets.token_hex(6)
+
+
 class CoordinatorClient:
     """Client of one coordinator URL: `async with CoordinatorClient("host:8081") as cc:`."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0) -> None:
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0, retry_s: float = 60.0,
+                 note: Callable[[str], None] | None = None) -> None:
         self.base_url = coordinator_url(base_url)
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # one request
+        self.retry_s = retry_s  # how long a request failing for a passing reason is retried
+        self.note = note or (lambda message: None)  # told when retrying starts and ends
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> CoordinatorClient:
@@ -56,9 +70,14 @@ class CoordinatorClient:
             self._session = None
 
     async def create_job(self, prefix: str, sites: Sequence[str], verify: bool = False,
-                         pattern: str | None = None) -> Job:
-        """Start a warmup job of every object under `prefix` at `sites`; return the job."""
-        body = {"prefix": prefix, "sites": list(sites), "verify": verify, "pattern": pattern}
+                         pattern: str | None = None, job_id: str | None = None) -> Job:
+        """Start a warmup job of every object under `prefix` at `sites`; return the job.
+
+        The job's id is chosen here (`job_id`, else a fresh one), so the request can be sent
+        again after a lost answer: the coordinator returns the job it already has.
+        """
+        body = {"id": job_id or new_job_id(), "prefix": prefix, "sites": list(sites),
+                "verify": verify, "pattern": pattern}
         return dict(await self._call("POST", "/v1/jobs", "job", body=body))
 
     async def jobs(self, limit: int = 50) -> list[Job]:
@@ -103,12 +122,53 @@ class CoordinatorClient:
                                      body={"keep": keep}))
 
     async def health(self) -> dict[str, Any]:
-        """Return the answering replica's health: id, whether it leads, the leader's id."""
-        return dict(await self._call("GET", "/healthz", None))
+        """Return the answering replica's health (CoordinatorError 503 if it cannot tell who
+        leads: it is asked once, not retried)."""
+        return dict(await self._call("GET", "/healthz", None, retry=False))
 
     async def _call(self, method: str, path: str, key: str | None, *,
                     params: Mapping[str, str] | None = None,
-                    body: Mapping[str, Any] | None = None) -> Any:
+                    body: Mapping[str, Any] | None = None, retry: bool = True) -> Any:
+        """Send a request, again while it fails for a passing reason (an unreachable
+        coordinator, 502/503/504: etcd down, a failover) for up to `retry_s`; return the
+        answer's `key` field (the whole answer if None).
+
+        Every request of this API is safe to send twice: reads, writes of a state (cancel,
+        pin, unpin, evict, policy) and job creation, whose id is chosen here.
+        """
+        window = self.retry_s if retry else 0.0
+        deadline, pause, failing = time.monotonic() + window, RETRY_FIRST_S, False
+        while True:
+            try:
+                answer = await self._once(method, path, key, params, body)
+            except (CoordinatorUnavailable, CoordinatorError) as e:
+                if isinstance(e, CoordinatorError) and e.status not in RETRY_STATUSES:
+                    raise
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if not window:
+                        raise
+                    raise CoordinatorUnavailable(self._gave_up(e, method, path)) from None
+                if not failing:
+                    self.note(f"{e}; retrying for up to {window:g}s")
+                    failing = True
+                await asyncio.sleep(min(max(pause, _retry_after(e)), RETRY_MAX_S, left))
+                pause = min(pause * 2, RETRY_MAX_S)
+                continue
+            if failing:
+                self.note("the coordinator answers again")
+            return answer
+
+    def _gave_up(self, e: ClientError, method: str, path: str) -> str:
+        """Return the message of a request that failed for the whole retry window."""
+        what = str(e)
+        if isinstance(e, CoordinatorError) and e.error != f"HTTP {e.status}":  # a JSON reason
+            what = (f"the coordinator at {self.base_url} answered {method} {path} with "
+                    f"{e.status} ({e.error}): {e.reason}")
+        return f"gave up after retrying for {self.retry_s:g}s: {what}"
+
+    async def _once(self, method: str, path: str, key: str | None,
+                    params: Mapping[str, str] | None, body: Mapping[str, Any] | None) -> Any:
         """Send one request; return the answer's `key` field (the whole answer if None)."""
         if self._session is None:
             raise RuntimeError("use `async with CoordinatorClient(...)`")
@@ -116,7 +176,7 @@ class CoordinatorClient:
         try:
             async with self._session.request(method, url, params=params, json=body) as r:
                 text = await r.text()
-                status = r.status
+                status, retry_after = r.status, r.headers.get("Retry-After")
         except TimeoutError:
             raise CoordinatorUnavailable(f"the coordinator at {self.base_url} did not answer "
                                          f"{method} {path} within {self.timeout_s:g}s") from None
@@ -127,13 +187,26 @@ class CoordinatorClient:
         if status >= 400:
             if isinstance(answer, dict) and answer.get("reason"):
                 raise CoordinatorError(status, str(answer.get("error") or f"HTTP {status}"),
-                                       str(answer["reason"]))
+                                       str(answer["reason"]), _seconds(retry_after))
             raise CoordinatorError(status, f"HTTP {status}", f"the coordinator at {self.base_url} "
-                                   f"answered {method} {path} with {status}: {_snippet(text)}")
+                                   f"answered {method} {path} with {status}: {_snippet(text)}",
+                                   _seconds(retry_after))
         if not isinstance(answer, dict) or (key is not None and key not in answer):
             raise ClientError(f"unexpected answer from the coordinator at {self.base_url} to "
                               f"{method} {path}: {_snippet(text)!r}")
         return answer if key is None else answer[key]
+
+
+def _seconds(header: str | None) -> float | None:
+    """Return a Retry-After header's seconds (None if absent, a date, or garbage)."""
+    try:
+        return max(0.0, float(header)) if header is not None else None
+    except ValueError:
+        return None
+
+
+def _retry_after(e: ClientError) -> float:
+    return (e.retry_after_s or 0.0) if isinstance(e, CoordinatorError) else 0.0
 
 
 def _seg(s: str) -> str:

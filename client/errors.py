@@ -22,9 +22,11 @@ class ObjectChanged(ClientError):
 class CoordinatorError(ClientError):
     """The coordinator answered a request with an error; `str()` is its reason."""
 
-    def __init__(self, status: int, error: str, reason: str) -> None:
+    def __init__(self, status: int, error: str, reason: str,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(status, error, reason)
         self.status, self.error, self.reason = status, error, reason
+        self.retry_after_s = retry_after_s  # the answer's Retry-After, if it had one
 
     def __str__(self) -> str:
         return self.reason or f"{self.error} (HTTP {self.status})"

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import urllib.parse
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
 from client.errors import ClientError, Unavailable
+
+if TYPE_CHECKING:
+    from cachenode.membership import NodeRecord  # imports aetcd: only when etcd is used
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +85,14 @@ async def from_etcd(session: aiohttp.ClientSession, endpoints: Sequence[str], cl
     if not records:
         raise Unavailable(f"no cache nodes registered for cluster {cluster!r} site {site!r} "
                           f"in etcd {','.join(endpoints)}")
+    return await from_records(session, records.values(), timeout_s)
+
+
+async def from_records(session: aiohttp.ClientSession, records: Iterable[NodeRecord],
+                       timeout_s: float = 5.0) -> GroupView:
+    """Return the group of these node records (block size asked of a node if none says it)."""
     members = {r.id: Member(r.id, r.http, r.grpc, r.weight, r.state, r.block_size)
-               for r in records.values()}
+               for r in records}
     sizes = Counter(m.block_size for m in members.values() if m.block_size)
     if sizes:  # the nodes say their block size: the most common one is the group's
         return _same_block_size(members, sizes.most_common(1)[0][0], 0)

@@ -22,13 +22,16 @@ from coordinator.errors import (
     Conflict,
     CoordinatorError,
     EmptyPrefix,
+    Internal,
+    NodesFailed,
     NotFound,
+    UnknownVersion,
 )
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.model import Job, Version, check_site, model_of, new_job_id, parse_prefix
+from coordinator.model import Job, Version, check_site, job_of, parse_prefix, same_warmup
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.origin import Lister
-from coordinator.planner import overlapping
+from coordinator.planner import overlapping, versions_under
 from coordinator.state import StateStore
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,20 @@ MAX_BODY = 64 * 1024
 
 
 def _error(err: CoordinatorError) -> web.Response:
-    body = json.dumps({"error": type(err).__name__, "reason": str(err)}) + "\n"
-    return web.Response(status=err.status, text=body, content_type="application/json")
+    """Return the answer of an error: its status, Retry-After if it has one, JSON reason."""
+    body = json.dumps({"error": type(err).__name__, "reason": str(err), **err.details()}) + "\n"
+    headers = {} if err.retry_after_s is None else {"Retry-After": str(err.retry_after_s)}
+    return web.Response(status=err.status, text=body, content_type="application/json",
+                        headers=headers)
+
+
+def as_answer(e: Exception) -> CoordinatorError:
+    """Return the error a caller is told of for any exception a handler raised."""
+    if isinstance(e, CoordinatorError):
+        return e  # its class carries the status (errors.py)
+    if isinstance(e, NodeFailed):
+        return NodesFailed(str(e))
+    return Internal(f"unexpected {type(e).__name__}: see the coordinator's log")
 
 
 def _json(data: dict[str, Any], status: int = 200) -> web.Response:
@@ -75,12 +90,16 @@ class CoordinatorApi:
 
     @web.middleware
     async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Answer every error of every route through one mapping (as_answer, errors.py)."""
         try:
             return await handler(request)
-        except CoordinatorError as e:
-            return _error(e)
-        except NodeFailed as e:
-            return _error(CoordinatorError(str(e)))
+        except web.HTTPException:
+            raise  # aiohttp's own: no such route, wrong method
+        except Exception as e:
+            answer = as_answer(e)
+            if isinstance(answer, Internal):
+                log.exception("%s %s failed", request.method, request.path)
+            return _error(answer)
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -94,7 +113,9 @@ class CoordinatorApi:
         return body
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return _json(self._health())
+        """Answer 200 while this replica can tell who leads, else 503 (a readiness probe)."""
+        health = self._health()
+        return _json(health, 200 if health["ok"] else 503)
 
     async def _metrics_page(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self._metrics.registry),
@@ -103,28 +124,34 @@ class CoordinatorApi:
     # -- jobs -------------------------------------------------------------------------------
 
     async def _create_job(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        bucket, prefix = parse_prefix(body.get("prefix"))  # type: ignore[arg-type]
-        sites = body.get("sites")
-        if isinstance(sites, str):
-            sites = [s for s in sites.split(",") if s]
-        if not isinstance(sites, list) or not sites:
-            raise BadSite("name at least one site (\"sites\": [\"hz\"])")
-        sites = list(dict.fromkeys(check_site(s) for s in sites))
-        pattern = body.get("pattern")
-        model, version = model_of(bucket, prefix, pattern or self._cfg.model_pattern)
-        for site in sites:
+        """Create a job; a body naming the id of an existing job gets that job back (200).
+
+        A client that picks the id can send the request again after a lost answer (a 503,
+        a timeout) without starting a second warmup.
+        """
+        job = job_of(await self._body(request), self._cfg.model_pattern)
+        if (known := await self._store.get_job(job.id)) is not None:
+            return await self._same_job(known, job)
+        for site in job.sites:
             await self._site_exists(site)
-        await self._not_empty(bucket, prefix)
-        verify = body.get("verify", False)
-        if not isinstance(verify, bool):
-            raise BadRequest("verify must be true or false")
-        job = Job(new_job_id(), bucket, prefix, sites, model, version, verify=verify)
-        await self._store.create_job(job)
-        log.info("job %s: warm %s onto %s (%s %s)", job.id, job.prefix, ",".join(sites),
-                 model, version)
+        await self._not_empty(job.bucket, job.key_prefix)
+        if not await self._store.create_job(job):  # the same id, created meanwhile
+            known = await self._store.get_job(job.id)
+            if known is not None:
+                return await self._same_job(known, job)
+            raise Conflict(f"job id {job.id} was just taken and is gone: try again")
+        log.info("job %s: warm %s onto %s (%s %s)", job.id, job.prefix, ",".join(job.sites),
+                 job.model, job.version)
         self._wake()
         return _json({"job": job.to_dict()}, 201)
+
+    async def _same_job(self, known: Job, asked: Job) -> web.Response:
+        """Answer a request for a job id that exists: that job if it is the same warmup."""
+        if not same_warmup(known, asked):
+            raise Conflict(f"job id {known.id} already names a warmup of {known.prefix} onto "
+                           f"{','.join(known.sites)}: choose another id")
+        known.cancel_requested = known.id in await self._store.cancel_requests()
+        return _json({"job": known.to_dict()}, 200)
 
     async def _site_exists(self, site: str) -> None:
         try:
@@ -180,18 +207,17 @@ class CoordinatorApi:
         versions = await self._store.list_versions(check_site(site) if site else None)
         return _json({"versions": [v.to_dict() for v in versions]})
 
-    async def _version_of(self, body: dict[str, Any], create: bool = False) -> Version:
-        """Return the version a {prefix, site} body names (NotFound unless `create`)."""
+    async def _version_of(self, body: dict[str, Any]) -> Version:
+        """Return the known version a {prefix, site} body names, else UnknownVersion."""
         bucket, prefix = parse_prefix(body.get("prefix"))  # type: ignore[arg-type]
         site = check_site(body.get("site"))
-        for v in await self._store.list_versions(site):
+        versions = await self._store.list_versions(site)
+        for v in versions:
             if (v.bucket, v.key_prefix) == (bucket, prefix):
                 return v
-        if not create:
-            raise NotFound(f"site {site} has no version at s3://{bucket}/{prefix} "
-                           "(warm it first; `cachectl models` lists them)")
-        model, version = model_of(bucket, prefix, self._cfg.model_pattern)
-        return Version(site, model, version, bucket, prefix, state="evicting")
+        raise UnknownVersion(site, f"s3://{bucket}/{prefix}",
+                             [(v.prefix, v.state) for v in versions_under(bucket, prefix,
+                                                                          versions)])
 
     async def _pin(self, request: web.Request) -> web.Response:
         return await self._set_pin(request, True)
@@ -209,7 +235,7 @@ class CoordinatorApi:
         return _json({"version": v.to_dict()})
 
     async def _evict(self, request: web.Request) -> web.Response:
-        v = await self._version_of(await self._body(request), create=True)
+        v = await self._version_of(await self._body(request))
         if v.pinned:
             raise Conflict(f"{v.prefix} is pinned at site {v.site}: unpin it first")
         if v.state == "warming":

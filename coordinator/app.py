@@ -29,7 +29,7 @@ class Coordinator:
         c = self.config = config
         self.metrics = CoordinatorMetrics()
         self.store = EtcdStateStore(c.etcd_hostports, c.cluster, c.replica_id)
-        self.nodes = Nodes(c.etcd_endpoints, c.cluster, c.node_timeout_s)
+        self.nodes = Nodes(self.store, c.node_timeout_s)
         self.lister = Lister(c.origin_endpoint_url, c.origin_region)
         self.scheduler = Scheduler(c, self.store, self.nodes, self.lister, self.metrics)
         # The election has its own etcd channel: a slow job write must not delay a refresh.
@@ -41,9 +41,12 @@ class Coordinator:
         self.port = 0
 
     def health(self) -> dict[str, Any]:
-        """Return this replica's id and who leads."""
-        return {"ok": True, "id": self.config.replica_id, "leader": self.election.leading,
-                "leader_id": self.election.leader_id}
+        """Return this replica's id, who leads as etcd lately said, and whether it could tell."""
+        leader_id, trouble = self.election.health()
+        me = self.config.replica_id
+        return {"ok": trouble is None, "id": me,
+                "leader": self.election.leading and leader_id == me, "leader_id": leader_id,
+                "etcd_healthy": trouble is None, "reason": trouble}
 
     async def start(self) -> None:
         """Start the API and join the election; close what opened if that fails."""

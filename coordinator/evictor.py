@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import BadSite
+from coordinator.errors import BadSite, StateUnavailable
 from coordinator.metrics import CoordinatorMetrics
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.planner import EvictVersion, evictions, overlapping
@@ -49,8 +49,11 @@ class Evictor:
         for req in await self._store.evict_requests():
             if self._busy(req.site, req.bucket, req.key_prefix):
                 continue  # a job is warming it: decide after the job
-            v = await self._store.get_version(req.site, req.model, req.version) or req
-            if not v.pinned:
+            v = await self._store.get_version(req.site, req.model, req.version)
+            if v is None:  # only a version this site knows is evicted (nodes delete by prefix)
+                log.warning("dropping the eviction request of %s at %s: no such version",
+                            req.prefix, req.site)
+            elif not v.pinned:
                 v.state, v.updated = "evicting", time.time()
                 await self._store.put_version(v)
             await self._store.clear_evict_request(req)
@@ -98,7 +101,7 @@ class Evictor:
         """Return the bytes the site's nodes freed, or None if some node did not answer."""
         try:
             members = list((await self._nodes.view(a.site)).members.values())
-        except (BadSite, NodeFailed) as e:
+        except (BadSite, NodeFailed, StateUnavailable) as e:
             log.warning("evict %s at %s: cannot read the site's members: %s", a.key_prefix,
                         a.site, e)
             return None

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from coordinator.errors import BadPattern, BadPrefix, BadSite
+from coordinator.errors import BadPattern, BadPrefix, BadRequest, BadSite
 
 DEFAULT_PATTERN = "{model}/{version}"
 MAX_PATTERN = 200
@@ -18,6 +18,7 @@ VERSION_STATES = ("warming", "ready", "failed", "evicting", "evicted")
 MAX_FAILED_OBJECTS = 20  # per job: job records stay small (all are read every pass)
 MAX_REASON = 300
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def parse_prefix(url: str) -> tuple[str, str]:
@@ -168,6 +169,36 @@ def _known(cls: type[Any], d: dict[str, Any]) -> dict[str, Any]:
 def new_job_id() -> str:
     """Return a fresh, short job id."""
     return "w-" + secrets.token_hex(4)
+
+
+def check_job_id(job_id: object) -> str:
+    """Return a valid client-chosen job id or raise BadRequest."""
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+        raise BadRequest(f"job id {job_id!r} must be 1-64 letters, digits, '.', '_', '-'")
+    return job_id
+
+
+def job_of(body: dict[str, Any], default_pattern: str) -> Job:
+    """Return the job a POST /v1/jobs body asks for (fresh id unless it names one)."""
+    bucket, prefix = parse_prefix(body.get("prefix"))  # type: ignore[arg-type]
+    sites = body.get("sites")
+    if isinstance(sites, str):
+        sites = [s for s in sites.split(",") if s]
+    if not isinstance(sites, list) or not sites:
+        raise BadSite("name at least one site (\"sites\": [\"hz\"])")
+    sites = list(dict.fromkeys(check_site(s) for s in sites))
+    model, version = model_of(bucket, prefix, body.get("pattern") or default_pattern)
+    verify = body.get("verify", False)
+    if not isinstance(verify, bool):
+        raise BadRequest("verify must be true or false")
+    job_id = new_job_id() if body.get("id") is None else check_job_id(body["id"])
+    return Job(job_id, bucket, prefix, sites, model, version, verify=verify)
+
+
+def same_warmup(a: Job, b: Job) -> bool:
+    """Return whether two jobs warm the same prefix, as the same model, onto the same sites."""
+    return ((a.bucket, a.key_prefix, sorted(a.sites), a.model, a.version, a.verify)
+            == (b.bucket, b.key_prefix, sorted(b.sites), b.model, b.version, b.verify))
 
 
 @dataclass

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
 
 from client.errors import ClientError
-from client.membership import GroupView, base_url, from_etcd
+from client.membership import GroupView, base_url, from_records
 from coordinator.errors import BadSite
+from coordinator.state import StateStore
 
 
 class NodeFailed(Exception):
@@ -19,10 +19,10 @@ class NodeFailed(Exception):
 
 
 class Nodes:
-    """HTTP to the cache nodes of every site, with one bounded session."""
+    """HTTP to the cache nodes of every site, with one bounded session; members from etcd."""
 
-    def __init__(self, etcd_endpoints: Sequence[str], cluster: str, timeout_s: float) -> None:
-        self._etcd, self._cluster, self._timeout_s = list(etcd_endpoints), cluster, timeout_s
+    def __init__(self, store: StateStore, timeout_s: float) -> None:
+        self._store, self._timeout_s = store, timeout_s
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -40,14 +40,19 @@ class Nodes:
             await self._session.close()
 
     async def view(self, site: str) -> GroupView:
-        """Return the site's registered members (BadSite if it has none)."""
+        """Return the site's registered members.
+
+        Raise StateUnavailable if etcd cannot be read, BadSite if the site has no node, and
+        NodeFailed if no node says the block size its records leave out.
+        """
+        records = await self._store.node_records(site)
+        if not records:
+            raise BadSite(f"site {site!r} has no cache nodes registered in cluster "
+                          f"{self._store.cluster!r}")
         try:
-            return await from_etcd(self.session, self._etcd, self._cluster, site)
+            return await from_records(self.session, records, min(5.0, self._timeout_s))
         except ClientError as e:
-            if "no cache nodes registered" in str(e):
-                raise BadSite(f"site {site!r} has no cache nodes registered in cluster "
-                              f"{self._cluster!r}") from None
-            raise NodeFailed(str(e)) from None
+            raise NodeFailed(f"site {site}: {e}") from None
 
     async def _post(self, addr: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:

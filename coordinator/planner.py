@@ -81,6 +81,12 @@ def overlapping(bucket: str, prefix: str, versions: Iterable[Version]) -> list[V
             and (v.key_prefix.startswith(prefix) or prefix.startswith(v.key_prefix))]
 
 
+def versions_under(bucket: str, prefix: str, versions: Iterable[Version]) -> list[Version]:
+    """Return the versions whose prefix lies within `prefix` (itself included), by prefix."""
+    return sorted((v for v in versions if v.bucket == bucket and v.key_prefix.startswith(prefix)),
+                  key=lambda v: v.key_prefix)
+
+
 @dataclass(frozen=True, slots=True)
 class EvictVersion:
     """Delete a version's blocks from every node of a site."""

@@ -27,6 +27,7 @@ from typing import Any, Protocol, TypeVar
 import aetcd
 import grpc
 
+from cachenode.membership import NodeRecord, site_prefix
 from coordinator.errors import NotLeader, StateUnavailable
 from coordinator.model import Job, Version
 
@@ -43,8 +44,9 @@ class StateStore(Protocol):
     """What the coordinator reads and writes (EtcdStateStore in production)."""
 
     identity: str
+    cluster: str
 
-    async def create_job(self, job: Job) -> None: ...
+    async def create_job(self, job: Job) -> bool: ...
     async def put_job(self, job: Job) -> None: ...
     async def get_job(self, job_id: str) -> Job | None: ...
     async def list_jobs(self) -> list[Job]: ...
@@ -62,6 +64,7 @@ class StateStore(Protocol):
     async def get_keep(self, site: str) -> int | None: ...
     async def set_keep(self, site: str, keep: int) -> None: ...
     async def sites(self) -> list[str]: ...
+    async def node_records(self, site: str) -> list[NodeRecord]: ...
 
 
 class EtcdStateStore:
@@ -69,12 +72,13 @@ class EtcdStateStore:
 
     def __init__(self, endpoints: Sequence[tuple[str, int]], cluster: str, identity: str,
                  timeout_s: float = 5.0) -> None:
-        self._endpoints, self.identity = list(endpoints), identity
+        self._endpoints, self.identity, self.cluster = list(endpoints), identity, cluster
         self._timeout_s = timeout_s
         self.root = f"/blockcache/{cluster}/"
         self.leader_key = (self.root + "coordinator/leader").encode()
         self._client: Any = None
         self._at = 0  # index of the endpoint in use
+        self._calls: dict[Any, int] = {}  # client -> calls running on it
 
     @property
     def client(self) -> Any:
@@ -86,31 +90,43 @@ class EtcdStateStore:
         return self._client
 
     async def close(self) -> None:
-        """Close the etcd connection."""
-        if self._client is not None:
-            client, self._client = self._client, None
+        """Close the etcd connections (the one in use and any still being left)."""
+        clients = {*self._calls, *([self._client] if self._client is not None else [])}
+        self._client, self._calls = None, {}
+        for client in clients:
             await client.close()
 
     async def call(self, fn: Callable[[Any], Awaitable[T]]) -> T:
         """Run one etcd call; raise StateUnavailable if it fails.
 
         Only a refused connection moves this store to the next endpoint, and only once per
-        client: closing the channel cancels every call in flight on it, so one slow call
-        must not take the others down.
+        client. The client left behind is closed once no call runs on it: closing a channel
+        cancels the calls in flight on it, and a CancelledError that no one asked for would
+        drop an API request without an answer or end the leader's loop.
         """
         client = self.client
         host, port = self._endpoints[self._at % len(self._endpoints)]
+        self._calls[client] = self._calls.get(client, 0) + 1
         try:
             return await fn(client)
         except (aetcd.exceptions.ConnectionFailedError, OSError) as e:
             if self._client is client:
                 self._at += 1
-                self._client = None
-                await client.close()
+                self._client = None  # the next call opens a channel to the next endpoint
             raise StateUnavailable(f"etcd at {host}:{port} is unreachable: {e}") from None
         except (aetcd.exceptions.ClientError, grpc.RpcError, TimeoutError) as e:
             raise StateUnavailable(f"etcd at {host}:{port} did not answer: "
                                    f"{type(e).__name__}: {e}") from None
+        finally:
+            await self._done(client)
+
+    async def _done(self, client: Any) -> None:
+        """Count a call on `client` as ended; close the client if it was left and is idle."""
+        left = self._calls.get(client, 1) - 1
+        if left or client is self._client:
+            self._calls[client] = left
+        elif self._calls.pop(client, None) is not None:
+            await client.close()
 
     # -- raw helpers ------------------------------------------------------------------------
 
@@ -144,9 +160,16 @@ class EtcdStateStore:
     def _job_key(self, job_id: str) -> str:
         return f"{self.root}jobs/{_q(job_id)}"
 
-    async def create_job(self, job: Job) -> None:
-        """Record a new job (any replica may; the leader picks it up)."""
-        await self._put(self._job_key(job.id), json.dumps(job.to_dict()).encode())
+    async def create_job(self, job: Job) -> bool:
+        """Record a new job unless its id is taken; return whether it was (any replica may)."""
+        key, value = self._job_key(job.id).encode(), json.dumps(job.to_dict()).encode()
+
+        async def txn(c: Any) -> bool:
+            ok, _ = await c.transaction(compare=[c.transactions.create(key) == 0],
+                                        success=[c.transactions.put(key, value)], failure=[])
+            return bool(ok)
+
+        return await self.call(txn)
 
     async def put_job(self, job: Job) -> None:
         """Write a job's state and progress (leader only)."""
@@ -255,3 +278,13 @@ class EtcdStateStore:
         """Return the sites that have cache nodes registered."""
         base = self.root + "sites/"
         return sorted({k[len(base):].split("/")[0] for k, _ in await self._prefix(base)})
+
+    async def node_records(self, site: str) -> list[NodeRecord]:
+        """Return the records of a site's registered cache nodes (unreadable ones skipped)."""
+        records = []
+        for k, raw in await self._prefix(site_prefix(self.cluster, site)):
+            try:
+                records.append(NodeRecord.unpack(raw))
+            except ValueError as e:
+                log.warning("skipping unreadable node record %s: %s", k, e)
+        return records

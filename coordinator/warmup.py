@@ -21,7 +21,7 @@ from cachenode.blocks import ObjectMeta
 from cachenode.ring import Ring
 from client.membership import GroupView
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import BadSite
+from coordinator.errors import BadSite, StateUnavailable
 from coordinator.model import MAX_FAILED_OBJECTS, MAX_REASON, FailedObject, Progress
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.planner import (
@@ -144,7 +144,7 @@ class SiteWarmup:
         for attempt in range(FIRST_VIEW_ATTEMPTS):
             try:
                 return await self._nodes.view(self.site)
-            except NodeFailed as e:
+            except (NodeFailed, StateUnavailable) as e:
                 log.warning("site %s: cannot read its members (%s); retrying", self.site, e)
                 await asyncio.sleep(min(MAX_BACKOFF_S, 2.0 ** attempt))
         return await self._nodes.view(self.site)
@@ -153,7 +153,7 @@ class SiteWarmup:
         """Return the site's current members (the old view if etcd cannot be read now)."""
         try:
             return await self._nodes.view(self.site)
-        except (NodeFailed, BadSite) as e:
+        except (NodeFailed, StateUnavailable, BadSite) as e:
             log.warning("site %s: cannot read its members (%s); keeping the last view",
                         self.site, e)
             return old

@@ -61,13 +61,20 @@ class CoordinatorProcess(ChildProcess):
     def call(self, method: str, path: str, body: Any = None,
              timeout_s: float = 30.0) -> tuple[int, Any]:
         """Send one API request; return (status, parsed JSON body)."""
+        status, _, answer = self.request(method, path, body, timeout_s)
+        return status, answer
+
+    def request(self, method: str, path: str, body: Any = None,
+                timeout_s: float = 30.0) -> tuple[int, dict[str, str], Any]:
+        """Send one API request; return (status, headers, parsed JSON body)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout_s)
         try:
             data = body if body is None or isinstance(body, bytes) else json.dumps(body)
             conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
             r = conn.getresponse()
             raw = r.read()
-            return r.status, (json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw)
+            answer = json.loads(raw) if raw.strip().startswith((b"{", b"[")) else raw
+            return r.status, dict(r.getheaders()), answer
         finally:
             conn.close()
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import json
 import re
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,8 @@ class FakeCoordinator:
         self.plan: list[Json | int] = [RUNNING, COMPLETE]  # GET answers (int: that error status)
         self._plans: dict[str, list[Json | int]] = {}
         self.requests: list[tuple[str, str, Any]] = []  # method, path with query, JSON body
+        self.down = 0  # the next this many requests answer 503, as with etcd down
+        self.lost = 0  # the next this many are carried out, but their answer is a 503
         self.policies = {"hz": 2, "fra": 1}
         self.versions = [self._version("hz", "v1", pinned=True), self._version("hz", "v2"),
                          self._version("fra", "v2", state="warming")]
@@ -81,7 +85,20 @@ class FakeCoordinator:
                       ) -> web.StreamResponse:
         body = await request.json() if request.can_read_body else None
         self.requests.append((request.method, request.path_qs, body))
-        return await handler(request)
+        if self.down:
+            self.down -= 1
+            return self.etcd_down()
+        answer = await handler(request)
+        if self.lost:
+            self.lost -= 1
+            return self.etcd_down()
+        return answer
+
+    @staticmethod
+    def etcd_down() -> web.Response:
+        return web.json_response({"error": "StateUnavailable", "reason": "etcd at 10.0.0.5:2379 "
+                                  "is unreachable: connection refused"}, status=503,
+                                 headers={"Retry-After": "0"})
 
     @staticmethod
     def error(status: int, error: str, reason: str) -> web.Response:
@@ -96,7 +113,11 @@ class FakeCoordinator:
             return self.error(400, "BadRequest", f"unknown site in {sites}: known are hz, fra")
         if prefix.endswith("/empty/"):
             return self.error(404, "NoObjects", f"no objects under {prefix}")
-        job_id = f"w-{len(self.jobs) + 1:08x}"
+        job_id = b.get("id") or f"w-{len(self.jobs) + 1:08x}"
+        if job_id in self.jobs:  # a resent request: the job it created (coordinator/API.md)
+            same = (self.jobs[job_id]["prefix"], self.jobs[job_id]["sites"]) == (prefix, sites)
+            return (web.json_response({"job": self.jobs[job_id]}) if same else
+                    self.error(409, "Conflict", f"job id {job_id} already names a warmup"))
         bucket, _, key = prefix[5:].partition("/")
         self.jobs[job_id] = {
             "id": job_id, "prefix": prefix, "bucket": bucket, "key_prefix": key, "sites": sites,
@@ -167,7 +188,10 @@ class FakeCoordinator:
 async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeCoordinator]:
     monkeypatch.setattr(cli_coordinator, "POLL_S", 0.01)
     monkeypatch.setattr(cli_coordinator, "GIVE_UP_S", 2.0)
+    monkeypatch.setattr("client.coordinator.RETRY_FIRST_S", 0.01)
     monkeypatch.delenv("CACHECTL_COORDINATOR", raising=False)
+    ids = itertools.count(1)
+    monkeypatch.setattr("client.coordinator.new_job_id", lambda: f"w-{next(ids):08x}")
     f = FakeCoordinator()
     async with TestServer(f.app, host="127.0.0.1") as server:
         f.url = f"127.0.0.1:{server.port}"
@@ -198,7 +222,8 @@ async def test_warmup_wait_complete(fake: FakeCoordinator, cachectl: Run) -> Non
                                     "--verify", "--pattern", "(?P<model>.+)/(?P<version>v\\d+)",
                                     "--wait")
     assert code == 0, err
-    assert job_posts(fake) == [{"prefix": "s3://b/m/v2/", "sites": ["hz", "fra"], "verify": True,
+    assert job_posts(fake) == [{"id": "w-00000001", "prefix": "s3://b/m/v2/",
+                                "sites": ["hz", "fra"], "verify": True,
                                 "pattern": "(?P<model>.+)/(?P<version>v\\d+)"}]
     lines = out.splitlines()
     assert lines[0] == "w-00000001"
@@ -257,9 +282,21 @@ async def test_warmup_without_wait(fake: FakeCoordinator, cachectl: Run) -> None
     assert await cachectl("warmup", "s3://b/m/v2/", "--site", "hz") == (0, "w-00000001\n", "")
     code, out, _ = await cachectl("warmup", "s3://b/m/v2/", "--site", "hz", "--json")
     assert code == 0 and json.loads(out)["job"]["id"] == "w-00000002"
-    assert job_posts(fake)[0] == {"prefix": "s3://b/m/v2/", "sites": ["hz"], "verify": False,
-                                  "pattern": None}
+    assert job_posts(fake)[0] == {"id": "w-00000001", "prefix": "s3://b/m/v2/", "sites": ["hz"],
+                                  "verify": False, "pattern": None}
     assert all(m == "POST" for m, _, _ in fake.requests)  # nothing polled
+
+
+@pytest.mark.asyncio
+async def test_warmup_with_a_job_id_run_twice_starts_one_job(fake: FakeCoordinator,
+                                                             cachectl: Run) -> None:
+    argv = ["warmup", "s3://b/m/v2/", "--site", "hz", "--job-id", "rollout-7"]
+    assert await cachectl(*argv) == (0, "rollout-7\n", "")
+    assert await cachectl(*argv) == (0, "rollout-7\n", "")
+    assert list(fake.jobs) == ["rollout-7"]
+    assert [b["id"] for b in job_posts(fake)] == ["rollout-7", "rollout-7"]
+    assert await cachectl("warmup", "s3://b/m/v3/", "--site", "hz", "--job-id", "rollout-7") == (
+        1, "", "cachectl: job id rollout-7 already names a warmup\n")
 
 
 @pytest.mark.asyncio
@@ -361,10 +398,59 @@ async def test_unreachable_coordinator(capsys: pytest.CaptureFixture[str]) -> No
     port = server.sockets[0].getsockname()[1]
     server.close()
     await server.wait_closed()
-    assert await asyncio.to_thread(main, ["jobs", "--coordinator", f"127.0.0.1:{port}"]) == 1
+    argv = ["jobs", "--coordinator", f"127.0.0.1:{port}"]
+    assert await asyncio.to_thread(main, [*argv, "--retry-for", "0"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"cachectl: cannot reach the coordinator at http://127.0.0.1:{port}: ")
     assert err.count("\n") == 1
+    t0 = time.monotonic()
+    assert await asyncio.to_thread(main, [*argv, "--retry-for", "0.5"]) == 1
+    assert 0.5 <= time.monotonic() - t0 < 5
+    first, last = capsys.readouterr().err.splitlines()
+    assert first.startswith(f"cachectl: cannot reach the coordinator at http://127.0.0.1:{port}: ")
+    assert first.endswith("; retrying for up to 0.5s")
+    assert last.startswith("cachectl: gave up after retrying for 0.5s: cannot reach the "
+                           f"coordinator at http://127.0.0.1:{port}: ")
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("argv", [["jobs"], ["job", "w-00000001"], ["models"],
+                                  ["job", "cancel", "w-00000001"],
+                                  ["pin", "s3://b/m/v2/", "--site", "hz"],
+                                  ["unpin", "s3://b/m/v2/", "--site", "hz"],
+                                  ["evict", "s3://b/m/v2/", "--site", "hz"],
+                                  ["policy", "--site", "hz"],
+                                  ["policy", "--site", "hz", "--keep", "3"]])
+async def test_every_command_rides_out_etcd_down(fake: FakeCoordinator, cachectl: Run,
+                                                argv: list[str]) -> None:
+    await cachectl("warmup", "s3://b/m/v2/", "--site", "hz")
+    fake.down = 3
+    code, _, err = await cachectl(*argv)
+    assert code == 0, err
+    assert err == ("cachectl: etcd at 10.0.0.5:2379 is unreachable: connection refused; "
+                   "retrying for up to 2s\ncachectl: the coordinator answers again\n")
+    assert fake.down == 0
+
+
+@pytest.mark.asyncio
+async def test_a_warmup_whose_answer_was_lost_starts_one_job(fake: FakeCoordinator,
+                                                             cachectl: Run) -> None:
+    fake.down, fake.lost = 1, 1  # refused once, then created but the answer lost
+    code, out, err = await cachectl("warmup", "s3://b/m/v2/", "--site", "hz")
+    assert (code, out) == (0, "w-00000001\n"), err
+    assert list(fake.jobs) == ["w-00000001"] and len(job_posts(fake)) == 3
+
+
+@pytest.mark.asyncio
+async def test_a_command_gives_up_after_retry_for_with_the_reason(fake: FakeCoordinator,
+                                                                  cachectl: Run) -> None:
+    fake.down = 10**6
+    code, out, err = await cachectl("jobs", "--retry-for", "0.3")
+    assert (code, out) == (1, "")
+    assert err.splitlines()[-1] == (
+        f"cachectl: gave up after retrying for 0.3s: the coordinator at http://{fake.url} "
+        "answered GET /v1/jobs with 503 (StateUnavailable): etcd at 10.0.0.5:2379 is "
+        "unreachable: connection refused")
 
 
 @pytest.mark.asyncio
@@ -379,11 +465,18 @@ async def test_client_errors_and_odd_answers() -> None:
     app = web.Application()
     app.add_routes([web.get("/v1/jobs", proxy_error), web.get("/healthz", no_answer)])
     async with TestServer(app, host="127.0.0.1") as server:
-        async with CoordinatorClient(f"127.0.0.1:{server.port}", timeout_s=0.2) as cc:
+        url = f"127.0.0.1:{server.port}"
+        async with CoordinatorClient(url, timeout_s=0.2, retry_s=0) as cc:
             with pytest.raises(CoordinatorError) as e:
                 await cc.jobs()
             assert e.value.status == 502 and "\n" not in str(e.value)
             assert str(e.value).endswith("with 502: <html> <b>Bad Gateway</b> </html>")
+        async with CoordinatorClient(url, timeout_s=0.2, retry_s=0.2) as cc:
+            with pytest.raises(CoordinatorUnavailable) as gave_up:
+                await cc.jobs()
+            assert str(gave_up.value) == (f"gave up after retrying for 0.2s: the coordinator at "
+                                          f"http://{url} answered GET /v1/jobs with 502: <html> "
+                                          "<b>Bad Gateway</b> </html>")
             with pytest.raises(CoordinatorUnavailable, match="did not answer GET /healthz "
                                "within 0.2s"):
                 await cc.health()
@@ -394,7 +487,7 @@ async def test_ctrl_c_stops_waiting_and_says_how_to_cancel(fake: FakeCoordinator
     fake.plan = [RUNNING]  # runs forever
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "client.cli", "--coordinator", fake.url,
-        "warmup", "s3://b/m/v2/", "--site", "hz", "--wait", cwd=ROOT,
+        "warmup", "s3://b/m/v2/", "--site", "hz", "--wait", "--job-id", "w-00000001", cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     assert proc.stdout is not None
     try:

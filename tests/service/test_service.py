@@ -372,3 +372,24 @@ async def test_origin_down_hits_still_served(make_env: Callable[..., Env]) -> No
         await env.service.stat("bkt", "m")
 
 
+
+
+@pytest.mark.asyncio
+async def test_blocks_filled_while_the_disk_is_out_take_the_memory_budget(
+        make_env: Callable[..., Env]) -> None:
+    env = make_env(readahead_blocks=4, memory_budget_bytes=2 * BS)
+    data = env.put("m", 8 * BS)
+    meta = await env.service.stat("bkt", "m")
+    env.store.health.fail("disk gone")  # every block is served from memory now
+    stalled = env.service.chunks(meta, 0, 8 * BS - 1)
+    first = await anext(stalled)  # a reader that takes one block and stops reading
+    await settle()
+    assert env.service.budget.used == 2 * BS  # its block and one read ahead, no more
+    kinds: list[str] = []
+    got = asyncio.ensure_future(env.read(meta, 0, BS - 1, kinds))
+    await asyncio.sleep(0.05)
+    assert not got.done()  # a second reader waits for budget instead of growing memory
+    await stalled.aclose()
+    assert await asyncio.wait_for(got, 2) == data[:BS] and kinds == ["bytes"]
+    assert bytes(first.data) == data[:BS]  # type: ignore[union-attr]
+    assert env.service.budget.used == 0

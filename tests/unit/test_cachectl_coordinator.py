@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import time
 from typing import Any
 
 import pytest
@@ -308,47 +309,130 @@ def test_reporter_writes_plain_lines_on_state_change_and_every_few_seconds(
                        "failed 0"
 
 
-# --- waiting
+# --- waiting and retrying
 
 
 class Script:
-    """A fetch function answering from a list: Job dicts, or errors to raise."""
+    """Answers from a list, one per call (the last one again): Job dicts, or errors to raise."""
 
     def __init__(self, *answers: Job | Exception) -> None:
         self.answers, self.calls = list(answers), 0
+        self.requests: list[tuple[str, str, Any]] = []  # method, path, body
 
-    async def __call__(self, job_id: str) -> Job:
+    def next(self) -> Job:
         self.calls += 1
         a = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
         if isinstance(a, Exception):
             raise a
         return a
 
+    async def __call__(self, job_id: str) -> Job:
+        return self.next()
 
-def test_wait_rides_out_a_lost_coordinator() -> None:
-    fetch = Script(job(), CoordinatorUnavailable("cannot reach the coordinator at http://c:1"),
-                   CoordinatorError(503, "NotLeader", "electing"), job(state="complete"))
+    async def once(self, method: str, path: str, key: str | None, params: Any,
+                   body: Any) -> Job:
+        self.requests.append((method, path, body))
+        return self.next()
+
+
+def client(script: Script, retry_s: float, notes: list[str] | None = None) -> CoordinatorClient:
+    """Return a client whose requests are answered by `script` (no server)."""
+    cc = CoordinatorClient("c:1", retry_s=retry_s,
+                           note=notes.append if notes is not None else None)
+    cc._once = script.once  # type: ignore[method-assign]
+    return cc
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("client.coordinator.RETRY_FIRST_S", 0.001)
+
+
+UNREACHABLE = CoordinatorUnavailable("cannot reach the coordinator at http://c:1: refused")
+ETCD_DOWN = CoordinatorError(503, "StateUnavailable", "etcd at h:2379 is unreachable", 0.0)
+
+
+def test_a_request_rides_out_a_lost_coordinator_and_etcd_down() -> None:
+    script, notes = Script(UNREACHABLE, ETCD_DOWN, CoordinatorError(502, "HTTP 502", "proxy"),
+                           job()), []
+    got = asyncio.run(client(script, 10, notes).job("w-1"))
+    assert got["id"] == "w-3f9a1c2b" and script.calls == 4
+    assert notes == ["cannot reach the coordinator at http://c:1: refused; retrying for up to "
+                     "10s", "the coordinator answers again"]
+
+
+def test_a_request_gives_up_after_the_window_with_the_last_reason() -> None:
+    script = Script(ETCD_DOWN)
+    with pytest.raises(CoordinatorUnavailable) as e:
+        asyncio.run(client(script, 0.05).job("w-1"))
+    assert str(e.value) == ("gave up after retrying for 0.05s: the coordinator at http://c:1 "
+                            "answered GET /v1/jobs/w-1 with 503 (StateUnavailable): etcd at "
+                            "h:2379 is unreachable")
+    assert 3 <= script.calls <= 60
+    script = Script(UNREACHABLE)
+    with pytest.raises(CoordinatorUnavailable, match=r"^gave up after retrying for 0.05s: "
+                       "cannot reach the coordinator at http://c:1: refused$"):
+        asyncio.run(client(script, 0.05).models())
+
+
+@pytest.mark.parametrize("error", [CoordinatorError(404, "NotFound", "no job w-1"),
+                                   CoordinatorError(409, "Conflict", "already ended"),
+                                   CoordinatorError(500, "Internal", "a bug")])
+def test_an_answer_that_would_not_change_is_not_retried(error: CoordinatorError) -> None:
+    script = Script(error)
+    with pytest.raises(CoordinatorError) as e:
+        asyncio.run(client(script, 10).job("w-1"))
+    assert e.value is error and script.calls == 1
+
+
+def test_no_window_or_a_health_check_asks_once() -> None:
+    script = Script(ETCD_DOWN)
+    with pytest.raises(CoordinatorError, match="etcd at h:2379"):
+        asyncio.run(client(script, 0).job("w-1"))
+    assert script.calls == 1
+    script = Script(ETCD_DOWN)
+    with pytest.raises(CoordinatorError, match="etcd at h:2379"):
+        asyncio.run(client(script, 10).health())
+    assert script.calls == 1
+
+
+def test_retry_after_is_waited_for_up_to_the_longest_pause(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    script = Script(CoordinatorError(503, "StateUnavailable", "etcd", 0.2), job())
+    t0 = time.monotonic()
+    asyncio.run(client(script, 10).job("w-1"))
+    assert 0.2 <= time.monotonic() - t0 < 2
+    monkeypatch.setattr("client.coordinator.RETRY_MAX_S", 0.05)
+    script = Script(CoordinatorError(503, "StateUnavailable", "etcd", 3600.0), job())
+    t0 = time.monotonic()
+    asyncio.run(client(script, 10).job("w-1"))
+    assert time.monotonic() - t0 < 1
+
+
+def test_a_retried_warmup_sends_one_job_id_every_time() -> None:
+    script = Script(ETCD_DOWN, UNREACHABLE, job())
+    asyncio.run(client(script, 10).create_job("s3://b/m/v2/", ["hz"]))
+    ids = {body["id"] for _, _, body in script.requests}
+    assert len(script.requests) == 3 and len(ids) == 1 and ids.pop().startswith("w-")
+    assert [r[:2] for r in script.requests] == [("POST", "/v1/jobs")] * 3
+
+
+def test_wait_follows_a_job_to_its_end() -> None:
+    fetch = Script(job(), job(), job(state="complete"))
     shown: list[str] = []
-    notes: list[str] = []
-    got = asyncio.run(wait_for(fetch, "w-1", lambda j: shown.append(j["state"]), notes.append,
-                               poll_s=0.001, give_up_s=10))
-    assert got["state"] == "complete" and shown == ["running", "complete"]
-    assert notes == ["cachectl: cannot reach the coordinator at http://c:1; retrying for up to "
-                     "10s", "cachectl: the coordinator answers again"]
+    got = asyncio.run(wait_for(fetch, "w-1", lambda j: shown.append(j["state"]), poll_s=0.001))
+    assert got["state"] == "complete" and shown == ["running", "running", "complete"]
 
 
-def test_wait_gives_up_after_the_bound() -> None:
-    fetch = Script(CoordinatorUnavailable("cannot reach the coordinator at http://c:1"))
-    with pytest.raises(CoordinatorUnavailable, match=r"gave up waiting after .*job w-1 may "
-                       r"still be running: see `cachectl job w-1`"):
-        asyncio.run(wait_for(fetch, "w-1", lambda j: None, lambda m: None,
-                             poll_s=0.01, give_up_s=0.05))
-    assert 3 <= fetch.calls <= 20
+def test_wait_names_the_job_when_the_coordinator_stays_away() -> None:
+    fetch = Script(job(), CoordinatorUnavailable("gave up after retrying for 60s: refused"))
+    with pytest.raises(CoordinatorUnavailable, match=r"^gave up after retrying for 60s: refused; "
+                       r"job w-1 may still be running: see `cachectl job w-1`$"):
+        asyncio.run(wait_for(fetch, "w-1", lambda j: None, poll_s=0.001))
 
 
 def test_wait_stops_at_once_on_a_client_error() -> None:
     fetch = Script(CoordinatorError(404, "JobNotFound", "no job w-1"))
     with pytest.raises(CoordinatorError, match="no job w-1"):
-        asyncio.run(wait_for(fetch, "w-1", lambda j: None, lambda m: None,
-                             poll_s=0.01, give_up_s=10))
+        asyncio.run(wait_for(fetch, "w-1", lambda j: None, poll_s=0.01))
     assert fetch.calls == 1

@@ -8,8 +8,17 @@ from cachenode.blocks import ObjectMeta
 from cachenode.config import ConfigError
 from cachenode.ring import Ring
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import BadPattern, BadPrefix, BadSite
-from coordinator.model import Job, Progress, Version, check_site, model_of, parse_prefix
+from coordinator.errors import BadPattern, BadPrefix, BadRequest, BadSite, UnknownVersion
+from coordinator.model import (
+    Job,
+    Progress,
+    Version,
+    check_site,
+    job_of,
+    model_of,
+    parse_prefix,
+    same_warmup,
+)
 from coordinator.planner import (
     BlockTask,
     block_tasks,
@@ -17,6 +26,7 @@ from coordinator.planner import (
     evictions,
     moved,
     overlapping,
+    versions_under,
     warm_request,
 )
 
@@ -156,3 +166,53 @@ def test_evicting_a_prefix_would_take_every_version_under_it() -> None:
     assert overlapping("b", "m/v1/", vs) == []  # itself
     assert [v.key_prefix for v in overlapping("b", "m/v1/sub/", vs)] == ["m/v1/"]
     assert overlapping("other", "m/", vs) == []
+
+
+def test_the_versions_under_a_prefix_are_the_ones_it_holds_itself_included() -> None:
+    vs = [_v("v2"), _v("v1", "evicted"), Version("hz", "b/x", "v1", "b", "x/v1/"),
+          Version("hz", "o/m", "v1", "o", "m/v1/")]
+    assert [v.key_prefix for v in versions_under("b", "m/", vs)] == ["m/v1/", "m/v2/"]
+    assert [v.key_prefix for v in versions_under("b", "m/v1/", vs)] == ["m/v1/"]
+    assert versions_under("b", "m/v1/sub/", vs) == []  # a version holding it is not under it
+
+
+def test_an_unknown_version_names_the_versions_under_it_bounded() -> None:
+    none = UnknownVersion("hz", "s3://b/m/v9/", [])
+    assert none.status == 404 and none.details() == {"versions": [], "versions_total": 0}
+    assert str(none) == ("site hz has no version at s3://b/m/v9/, and none under it: warm it "
+                         "first (`cachectl models --site hz` lists the versions the site has)")
+    two = UnknownVersion("hz", "s3://b/m/", [("s3://b/m/v1/", "ready"),
+                                             ("s3://b/m/v2/", "evicted")])
+    assert str(two) == ("site hz has no version at s3://b/m/; name one of its versions under "
+                        "it: s3://b/m/v1/ (ready), s3://b/m/v2/ (evicted)")
+    many = UnknownVersion("hz", "s3://b/m/", [(f"s3://b/m/v{i:02}/", "ready")
+                                              for i in range(57)])
+    assert "(the first 20 of 57): s3://b/m/v00/ (ready), " in str(many)
+    assert str(many).endswith("s3://b/m/v19/ (ready)")
+    assert many.details()["versions_total"] == 57 and len(many.details()["versions"]) == 20
+
+
+def test_a_job_request_is_parsed_whole_before_anything_is_read() -> None:
+    body = {"prefix": "s3://bk/m/v2", "sites": "hz,fra,hz", "verify": True, "id": "rollout-42"}
+    j = job_of(body, "{model}/{version}")
+    assert (j.id, j.bucket, j.key_prefix, j.sites, j.model, j.version, j.verify) == (
+        "rollout-42", "bk", "m/v2/", ["hz", "fra"], "bk/m", "v2", True)
+    fresh = job_of({"prefix": "s3://bk/m/v2/", "sites": ["hz"]}, "{model}/{version}")
+    assert fresh.id.startswith("w-") and fresh.id != job_of(
+        {"prefix": "s3://bk/m/v2/", "sites": ["hz"]}, "{model}/{version}").id
+    for bad, error in (({"id": ""}, BadRequest), ({"id": "a/b"}, BadRequest),
+                       ({"id": "x" * 65}, BadRequest), ({"id": 7}, BadRequest),
+                       ({"sites": []}, BadSite), ({"verify": "no"}, BadRequest),
+                       ({"prefix": "bk/m/"}, BadPrefix), ({"pattern": "{model}"}, BadPattern)):
+        with pytest.raises(error):
+            job_of({**body, **bad}, "{model}/{version}")
+
+
+def test_the_same_warmup_is_the_same_prefix_model_sites_and_verify() -> None:
+    a = job_of({"prefix": "s3://bk/m/v2/", "sites": ["hz", "fra"], "id": "j"}, "{model}/{version}")
+    same = job_of({"prefix": "s3://bk/m/v2", "sites": "fra,hz", "id": "j"}, "{model}/{version}")
+    assert same_warmup(a, same)
+    for other in ({"sites": ["hz"]}, {"prefix": "s3://bk/m/v3/"}, {"verify": True},
+                  {"pattern": "bk/{model}/{version}"}):
+        body = {"prefix": "s3://bk/m/v2/", "sites": ["hz", "fra"], "id": "j", **other}
+        assert not same_warmup(a, job_of(body, "{model}/{version}")), other
