@@ -98,20 +98,17 @@ def cachenode_has_s3() -> bool:
 
 
 def git_info() -> dict[str, Any]:
-    """Return HEAD, its subject, and the newest commit of branch s3-api (not on main) in HEAD."""
+    """Return HEAD, its subject, and the newest commits of main and of s3-api that it holds."""
     def git(*args: str) -> str:
         r = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
                            check=False)
         return r.stdout.strip() if r.returncode == 0 else ""
 
-    mine = set(git("rev-list", "HEAD", "^main").split())
-    s3_api = git("rev-list", "s3-api", "^main").split()  # newest first
-    merged = next((c for c in s3_api if c in mine), None)
     return {"head": git("rev-parse", "--short", "HEAD"),
             "subject": git("log", "-1", "--format=%s"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "s3_api_merged": merged[:7] if merged else None,
-            "s3_api_tip": git("rev-parse", "--short", "s3-api") or None}
+            "main_merged": git("merge-base", "HEAD", "main")[:7] or None,
+            "s3_api_merged": git("merge-base", "HEAD", "s3-api")[:7] or None}
 
 
 # ---------------------------------------------------------------- one phase
@@ -274,7 +271,8 @@ def print_report(out: dict[str, Any], dest: Path) -> None:
           "'other' = CPU-s of processes this script did not start")
     print(f"{m['objects']} objects, {m['bytes'] / MiB:.0f} MiB, {m['blocks']} blocks of 4 MiB, "
           f"{m['tensors']} tensors; {N_NODES} nodes {' '.join(m['node_args'])}; {m['cpus']} "
-          f"CPUs; HEAD {g.get('head')} (s3-api {g.get('s3_api_merged')}); wall "
+          f"CPUs; HEAD {g.get('head')} (main {g.get('main_merged')}, s3-api "
+          f"{g.get('s3_api_merged')}); wall "
           f"{m.get('wall_seconds')} s; JSON: "
           f"{dest.relative_to(ROOT) if dest.is_relative_to(ROOT) else dest}")
 
