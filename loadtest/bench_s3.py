@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from loadtest import harness as h
-from loadtest.bench_group import log, scan_logs, settle_stored, status_counts, wait_quiet
+from loadtest.bench_group import log, settle_stored, status_counts, wait_quiet
 from loadtest.bench_warmup import metrics_delta, node_snapshot, total
 from loadtest.s3_clients import compare_files, run_s5cmd, run_streamer, s3_env, upload_model
 
@@ -204,6 +204,27 @@ def run_phase(b: Bench, name: str, tool: str) -> dict[str, Any]:
     log(f"{name} {tool}: {r['seconds']:.2f} s, {out['gib_s']:.2f} GiB/s"
         + (f", origin GETs/block {out['origin_gets_per_block']:.2f}" if mode == "node" else "")
         + (f"; BAD {r['bad'][:2]}" if r["bad"] else "; every byte checked"))
+    return out
+
+
+EXPECTED_WARNINGS = ("no --access-keys", "no --cluster-secret-file")
+
+
+def scan_logs(group: Any) -> dict[str, Any]:
+    """Return per node log its unexpected WARNING/ERROR lines, each with what follows it."""
+    out: dict[str, Any] = {}
+    for n in group.nodes:
+        try:
+            lines = n.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            continue
+        hits = [i for i, ln in enumerate(lines)
+                if any(w in ln for w in (" WARNING ", " ERROR ", " CRITICAL "))
+                and not any(e in ln for e in EXPECTED_WARNINGS)]
+        out[n.log_path.name] = {
+            "lines": len(lines), "warning_or_error_lines": len(hits),
+            "first": [lines[i][:300] for i in hits[:10]],
+            "blocks": ["\n".join(lines[i:i + 14])[:3000] for i in hits[:4]]}
     return out
 
 
