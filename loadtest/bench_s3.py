@@ -224,7 +224,7 @@ def scan_logs(group: Any) -> dict[str, Any]:
         out[n.log_path.name] = {
             "lines": len(lines), "warning_or_error_lines": len(hits),
             "first": [lines[i][:300] for i in hits[:10]],
-            "blocks": ["\n".join(lines[i:i + 14])[:3000] for i in hits[:4]]}
+            "blocks": ["\n".join(lines[i:i + 60])[:8000] for i in hits[:4]]}
     return out
 
 
