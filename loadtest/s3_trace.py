@@ -1,6 +1,6 @@
 """Record what S3 clients send on the wire: the Run:ai streamer and s5cmd against SeaweedFS.
 
-    .venv/bin/python loadtest/s3_trace.py [--size MiB] [--shards 3] [--concurrency N]
+    .venv/bin/python loadtest/s3_trace.py [--size MiB] [--shards 3] [--hidden 1024] [--concurrency N]
                                           [--chunk BYTES] [--streamer-env K=V] [--tool streamer|s5cmd|both]
                                           [--group [--node-arg ARG ...]]
 
@@ -261,6 +261,9 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64, help="model size in MiB (default 64)")
     p.add_argument("--shards", type=int, default=3)
+    p.add_argument("--hidden", type=int, default=1024,
+                   help="model width (tests/safetensors_gen.py; bench_s3.py's model: 1024)")
+    p.add_argument("--vocab", type=int, default=32000, help="vocabulary (embedding rows)")
     p.add_argument("--tool", choices=("streamer", "s5cmd", "both"), default="both")
     p.add_argument("--concurrency", type=int, help="RUNAI_STREAMER_CONCURRENCY")
     p.add_argument("--chunk", type=int, help="RUNAI_STREAMER_CHUNK_BYTESIZE")
@@ -283,8 +286,8 @@ def main() -> int:
     out: dict[str, Any] = {"argv": sys.argv, "tools": {}}
     failed: BaseException | None = None
     try:
-        manifest = write_model(tmp / "src", a.size * MiB, a.shards, seed=7, hidden=512,
-                               vocab=8192)
+        manifest = write_model(tmp / "src", a.size * MiB, a.shards, seed=7, hidden=a.hidden,
+                               vocab=a.vocab)
         (tmp / "manifest.json").write_text(json.dumps(manifest))
         s3.start()
         s3.make_bucket(BUCKET)
