@@ -79,7 +79,7 @@ def main() -> int:
     runs = []
     try:
         for i in range(a.runs):
-            r = {"base": one_venv(tmp / f"base-{i}", []),
+            r: dict[str, Any] = {"base": one_venv(tmp / f"base-{i}", []),
                  "streamer": one_venv(tmp / f"streamer-{i}", STREAMER)}
             shutil.rmtree(tmp / f"base-{i}")
             shutil.rmtree(tmp / f"streamer-{i}")
