@@ -79,14 +79,17 @@ class Bench:
 
     @property
     def objects(self) -> list[dict[str, Any]]:
+        """Return the manifest entries of every file of the model."""
         return [*self.manifest["shards"], *self.manifest["other_files"]]
 
     @property
     def bytes(self) -> int:
+        """Return the bytes of every file of the model."""
         return sum(f["size"] for f in self.objects)
 
     @property
     def blocks(self) -> int:
+        """Return the 4 MiB blocks of every file of the model."""
         return sum(math.ceil(f["size"] / BLOCK) for f in self.objects)
 
 
@@ -123,6 +126,7 @@ def cpu_now(b: Bench) -> dict[str, Any]:
 
 
 def cpu_delta(c0: dict[str, Any], c1: dict[str, Any]) -> dict[str, Any]:
+    """Return the CPU seconds used between two `cpu_now` snapshots, and the machine's share."""
     per_node = [y - x for x, y in zip(c0["nodes"], c1["nodes"], strict=True)]
     window = c1["t"] - c0["t"]
     mach = c1["machine"] - c0["machine"]
@@ -231,6 +235,7 @@ def scan_logs(group: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- report
 
 def fmt(v: float | None, spec: str) -> str:
+    """Return `v` formatted, or '-' for None."""
     return "-" if v is None else format(v, spec)
 
 
@@ -301,6 +306,7 @@ def print_report(out: dict[str, Any], dest: Path) -> None:
 # ---------------------------------------------------------------- driver
 
 def parse_args() -> argparse.Namespace:
+    """Return the command line's options, with --quick and the size resolved."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, help="MiB of safetensors shards (default 1024; quick 256)")
@@ -343,12 +349,14 @@ def start_group(b: Bench, capacity: str) -> None:
 
 
 def plan(a: argparse.Namespace, nodes: bool) -> list[tuple[str, str]]:
+    """Return the (phase, tool) pairs to run, in order."""
     names = ["direct"] + (["cold", "warm"] if nodes else []) + (
         ["direct 2"] if a.direct_again else [])
     return [(n, t) for n in names for t in a.tools]
 
 
 def main() -> int:
+    """Run the benchmark (or print a saved one); return the exit status."""
     a = parse_args()
     if a.table:
         saved = json.loads(a.table.read_text())

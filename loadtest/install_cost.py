@@ -70,6 +70,7 @@ def one_venv(base: Path, extra: list[str]) -> dict[str, Any]:
 
 
 def main() -> int:
+    """Measure `--runs` pairs of fresh installs; return the exit status."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=int, default=1)

@@ -67,14 +67,17 @@ class TraceProxy:
 
     @property
     def url(self) -> str:
+        """Return the proxy's URL, to use as a client's endpoint."""
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> TraceProxy:
+        """Start the proxy's thread and listener."""
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
         return self
 
     def stop(self) -> None:
+        """Close the listener and end the proxy's thread."""
         if self._thread.is_alive():
             asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
             self._loop.call_soon_threadsafe(self._loop.stop)
@@ -257,6 +260,7 @@ def trace_tools(a: argparse.Namespace, proxy: TraceProxy, tmp: Path, manifest: d
 
 
 def main() -> int:
+    """Trace the chosen tools; return the exit status."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", type=int, default=64, help="model size in MiB (default 64)")

@@ -146,7 +146,7 @@ def load(prefix: str, manifest: dict[str, Any], exact: bool, pull_dir: Path | No
     bad = pull_others(prefix, pull_dir, manifest) if pull_dir is not None else []
     t_pull = time.monotonic()
     seen: set[str] = set()
-    nbytes = 0
+    nbytes = yields = 0
     with SafetensorsStreamer() as streamer:
         streamer.stream_files(files)
         for name, tensor in streamer.get_tensors():
@@ -155,11 +155,14 @@ def load(prefix: str, manifest: dict[str, Any], exact: bool, pull_dir: Path | No
                 bad.append(why)
             seen.add(name)
             nbytes += tensor.nbytes
+            yields += 1
     t_end = time.monotonic()
     cpu = cpu_now() - c0
     shards = sorted(s["file"] for s in manifest["shards"])
     if [f.rsplit("/", 1)[-1] for f in files] != shards:
         bad.append(f"listed {files}, want {shards}")
+    if yields != len(seen):
+        bad.append(f"{yields} tensors yielded for {len(seen)} names")
     missing = sorted(set(want) - seen)
     return {"files": files, "seconds": t_end - t0, "list_s": t_list - t0,
             "pull_s": t_pull - t_list, "stream_s": t_end - t_pull, "tensor_bytes": nbytes,
@@ -169,6 +172,7 @@ def load(prefix: str, manifest: dict[str, Any], exact: bool, pull_dir: Path | No
 
 
 def main() -> int:
+    """Load the model named on the command line; return 0 if every tensor was equal."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("prefix", help="s3://bucket/prefix/ of the model")

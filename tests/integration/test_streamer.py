@@ -35,8 +35,7 @@ def origin_block_gets(proxy: CountingProxy) -> int:
 
 
 def upload_model(tmp_path: Path, s3: SeaweedFS, bucket: str) -> tuple[dict[str, Any], Path, int]:
-    """Write and upload a small 3-shard model; return its manifest, the manifest's path and
-    the number of blocks of all its files."""
+    """Write and upload a small 3-shard model; return manifest, manifest path and blocks."""
     manifest = write_model(tmp_path / "model", 20 * MiB, 3, seed=11, hidden=256, vocab=4096)
     manifest_path = tmp_path / "manifest.json"
     manifest_path.write_text(json.dumps(manifest))
