@@ -6,10 +6,11 @@ charged to the tenant that started it; readers of other tenants who join it (sin
 ride along free, and if it is refused for its starter's budget they start one of their own.
 How long a fill may wait is its `Charge.wait_s`: a response's first block waits at most
 FIRST_BLOCK_WAIT_S, then the reader gets 503 SlowDown with a Retry-After (its headers are not
-out yet); blocks after the first wait up to the fill timeout, since refusing them would cut a
-response mid-body. A reservation that would wait longer than that is refused at once, so a
-refused fill waited for nothing. Tenant '' (no auth, the cluster itself) and tenants without an
-origin budget pass at once. The limits are this node's part of the site's (cachenode/limits.py).
+out yet); blocks after the first, and warms, wait up to half the fill timeout (the rest is
+left for the GET), since refusing them would cut a response mid-body. A reservation that
+would wait longer than that is refused at once, so a refused fill waited for nothing. Tenant
+'' (no auth, the cluster itself) and tenants without an origin budget pass at once. The
+limits are this node's part of the site's (cachenode/limits.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cachenode.limits import NodeLimits
 from cachenode.metrics import NodeMetrics
 
 FIRST_BLOCK_WAIT_S = 1.0  # a response's first block waits this long for budget, then SlowDown
+LATER_WAIT_SHARE = 0.5  # of the fill timeout: how long later blocks (and warms) may wait
 BURST_S = 0.25  # a bucket holds at most this long of its rate (and at least one block)
 MAX_WAITING = 256  # fills of one tenant waiting for its budget at once; more are refused
 MAX_WAIT_S = 3600.0  # the most a peer may ask a fill to wait
@@ -43,6 +45,11 @@ class Charge:
 
 
 NOBODY = Charge()
+
+
+def later_wait(fill_timeout_s: float) -> float:
+    """Return how long a block after a response's first, or a warm's, may wait for budget."""
+    return fill_timeout_s * LATER_WAIT_SHARE
 
 
 def check_tenant(name: object, where: str = "tenant") -> str:

@@ -26,7 +26,7 @@ from cachenode.listing import ListQuery
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name, validate_prefix
 from cachenode.ports import Origin
-from cachenode.qos import NOBODY, Charge
+from cachenode.qos import NOBODY, Charge, later_wait
 from cachenode.routing import Fetched, Router
 from cachenode.singleflight import SingleFlight
 from cachenode.store.files import OpenBlock
@@ -185,13 +185,13 @@ class BlockService:
         from the node's MemoryBudget first; read-ahead only takes free budget. A FileChunk
         must be closed by the receiver. ObjectChanged means the version is gone: the
         metadata is dropped. Fills are charged to `charge.tenant`: the first block's may
-        wait `charge.wait_s` for the tenant's budget, later ones up to the fill timeout.
+        wait `charge.wait_s` for the tenant's budget, later ones up to half the fill timeout.
         """
         todo = iter(blocks.slices(meta, start, end, self._config.block_size_bytes))
         s: BlockSlice | None = next(todo, None)
         pending: deque[_Ahead] = deque()
         budget = self._budget(charge.tenant)
-        later = replace(charge, wait_s=max(charge.wait_s, self._config.fill_timeout_s))
+        later = replace(charge, wait_s=max(charge.wait_s, later_wait(self.fill_timeout_s)))
         try:
             while True:
                 while s is not None and len(pending) <= self._config.readahead_blocks:

@@ -4,7 +4,7 @@ The JSON request parsers are pure; `Admin` does the work through the node's own 
 (single flight, fill limiter, timeout) and DiskStore (delete path, capacity accounting).
 A warm request names the tenant whose job it is ("tenant", '' or absent: nobody's): its
 blocks are stored as that tenant's warmed blocks, and its fills take that tenant's origin
-budget (waiting for it up to the fill timeout).
+budget (waiting for it up to half the fill timeout).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from cachenode.blocks import BlockRef, ObjectMeta, block_count
 from cachenode.errors import BadRequest, CacheError, DiskUnavailable, ObjectChanged
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name, validate_prefix
-from cachenode.qos import Charge, check_tenant
+from cachenode.qos import Charge, check_tenant, later_wait
 from cachenode.service import BlockService
 from cachenode.store.disk import DiskStore
 
@@ -209,7 +209,7 @@ class Admin:
                    tenant: str = "") -> list[WarmResult]:
         """Warm blocks for `tenant`, WARM_CONCURRENCY at a time; return results in order."""
         gate = asyncio.Semaphore(WARM_CONCURRENCY)
-        charge = Charge(tenant, self._service.fill_timeout_s, warmed=True)
+        charge = Charge(tenant, later_wait(self._service.fill_timeout_s), warmed=True)
 
         async def one(ref: BlockRef | WarmResult) -> WarmResult:
             if isinstance(ref, WarmResult):

@@ -1,4 +1,4 @@
-"""Tenants on one CacheNode (FakeOrigin, real DiskStore): attribution, quotas, origin QoS, metrics."""
+"""Tenants on one CacheNode (FakeOrigin, real DiskStore): attribution, quotas, QoS, metrics."""
 
 from __future__ import annotations
 
