@@ -17,6 +17,8 @@ from collections import deque
 
 from cachenode.errors import Overloaded
 
+TENANT_SHARE = 0.25  # of the budget: the most one tenant with an origin budget holds
+
 
 class MemoryBudget:
     """Bytes that may be held at once; waiters served in order, each wait bounded."""
@@ -73,3 +75,37 @@ class MemoryBudget:
             if not fut.done():
                 self.used += n
                 fut.set_result(None)
+
+
+class TenantBudget:
+    """A tenant's part of the node's budget: its own cap first, then the node's.
+
+    For tenants with an origin budget, whose blocks from other nodes may wait there for it:
+    their waits then hold at most TENANT_SHARE of the node's memory budget, never all of it.
+    """
+
+    def __init__(self, own: MemoryBudget, node: MemoryBudget) -> None:
+        self._own, self._node = own, node
+
+    def try_take(self, n: int) -> bool:
+        """Take `n` bytes if both budgets have them free now; return whether taken."""
+        if not self._own.try_take(n):
+            return False
+        if self._node.try_take(n):
+            return True
+        self._own.give(n)
+        return False
+
+    async def take(self, n: int) -> None:
+        """Take `n` bytes, waiting on the tenant's cap first (holding nothing of the node's)."""
+        await self._own.take(n)
+        try:
+            await self._node.take(n)
+        except BaseException:
+            self._own.give(n)
+            raise
+
+    def give(self, n: int) -> None:
+        """Give back `n` bytes taken earlier."""
+        self._node.give(n)
+        self._own.give(n)

@@ -171,7 +171,8 @@ class NodeConfig:
         parse_duration))
     access_keys_file: Path | None = field(default=None, metadata=_opt(
         "--access-keys", "file of access keys, one 'ACCESS_KEY_ID SECRET [SCOPE ...]' a line "
-        "(SCOPE: bucket or bucket/prefix; none: all; '#' comments); with it every object "
+        "(SCOPE: bucket or bucket/prefix; none: all; '#' comments; then optionally "
+        "tenant=NAME quota=SIZE origin-rate=SIZE/s origin-fills=N); with it every object "
         "read and listing needs a SigV4 signature or a presigned URL of a key whose scope "
         "covers it; re-read within ~2s when it changes; empty = no keys (the node is open)",
         _path))

@@ -122,6 +122,19 @@ class Overloaded(CacheError):
         self.reason = f"node overloaded: {detail}"
 
 
+class TenantThrottled(Overloaded):
+    """A tenant's fills are over its origin budget on this node (bytes/s or fills at once).
+
+    Answered like an overload (503 with Retry-After, S3 SlowDown), but never failed over to
+    another node: that would spend the tenant's budget twice.
+    """
+
+    def __init__(self, tenant: str, detail: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(detail)
+        self.tenant, self.retry_after_s = tenant, retry_after_s
+        self.reason = f"tenant {tenant} is over its origin budget on this node: {detail}"
+
+
 class NotReady(CacheError):
     """The node is starting, draining or its disk is out of rotation."""
 

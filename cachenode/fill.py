@@ -1,4 +1,9 @@
-"""Block reads: local hit, else one shared, bounded, timed fill from the origin."""
+"""Block reads: local hit, else one shared, bounded, timed fill from the origin.
+
+A fill is charged to the tenant whose read or warmup started it (`Charge`): it takes that
+tenant's origin budget first (cachenode/qos.py), then a node-wide slot, and its block is
+stored as that tenant's, warmed or read-through (cachenode/store/quota.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeAlias
 
 from cachenode.blocks import BlockRef
@@ -18,9 +24,11 @@ from cachenode.errors import (
     OriginTimeout,
     OriginUnavailable,
     Overloaded,
+    TenantThrottled,
 )
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import BlockStore, Origin
+from cachenode.qos import NOBODY, Charge, TenantGate, Ticket
 from cachenode.singleflight import ABANDON_GRACE_S, SingleFlight
 from cachenode.store.files import OpenBlock
 
@@ -33,8 +41,9 @@ class Filler:
     """Return a block from disk, or fill it from the origin exactly once per miss."""
 
     def __init__(self, config: NodeConfig, origin: Origin, store: BlockStore,
-                 metrics: NodeMetrics) -> None:
+                 metrics: NodeMetrics, gate: TenantGate | None = None) -> None:
         self._config, self._origin, self._store, self._metrics = config, origin, store, metrics
+        self.gate = gate  # tenants' origin budgets (None: nobody has one)
         self.block_size = config.block_size_bytes
         # A fill's bytes and its write (None: found on disk already), shared by its waiters.
         # Cancelled once nobody waits for it: a reader that left takes its origin GET along.
@@ -107,7 +116,7 @@ class Filler:
             return None
         return data, crc
 
-    async def read_block(self, ref: BlockRef) -> OpenBlock | bytes:
+    async def read_block(self, ref: BlockRef, charge: Charge = NOBODY) -> OpenBlock | bytes:
         """Return the block as an open file (hit; caller closes it) or as bytes (miss)."""
         bid = ref.block_id
         ob = await self._store.open_checked(bid, ref.length)
@@ -120,7 +129,7 @@ class Filler:
         if landed is not None and len(landed[0]) == ref.length:
             self._metrics.fills_deduped.inc()
             return landed[0]
-        (data, _), shared = await self._shared_fill(ref)
+        (data, _), shared = await self._shared_fill(ref, charge)
         if shared:
             self._metrics.fills_deduped.inc()
         # Send the stored file rather than hold the bytes: a slow reader then pins no memory.
@@ -130,24 +139,36 @@ class Filler:
         ob.source = "origin"
         return ob
 
-    async def _shared_fill(self, ref: BlockRef) -> tuple[tuple[bytes, Write | None], bool]:
-        """Join or start the one fill of a missing block; return its result and `shared`."""
+    async def _shared_fill(self, ref: BlockRef, charge: Charge
+                           ) -> tuple[tuple[bytes, Write | None], bool]:
+        """Join or start the one fill of a missing block; return its result and `shared`.
+
+        A fill refused for another tenant's budget (the one that started it) is started
+        again, charged to this caller.
+        """
         bid = ref.block_id
         if not self._flight.running(bid) and len(self._flight) >= self._config.max_waiting_fills:
             raise Overloaded(f"{len(self._flight)} block fills already queued")
         try:
-            return await self._flight.do(bid, lambda: self._fill(ref))
+            try:
+                return await self._flight.do(bid, lambda: self._fill(ref, charge))
+            except TenantThrottled as e:
+                if e.tenant == charge.tenant:
+                    raise
+                return await self._flight.do(bid, lambda: self._fill(ref, charge))
         finally:
             self._metrics.fills_in_flight.set(len(self._flight))
 
-    async def warm(self, ref: BlockRef) -> bool:
+    async def warm(self, ref: BlockRef, charge: Charge = NOBODY) -> bool:
         """Return once the block is on disk: False if it already was, True if stored now.
 
         A missing block is filled as a read miss is (same single flight, limiter, timeout
-        and handoff), then this waits for its write behind. Raises the fill's error, or the
-        store's (StoreFull, DiskUnavailable) when the block could not be kept.
+        and handoff), then this waits for its write behind. Either way the block ends up
+        warmed for `charge.tenant` unless another tenant warmed it first. Raises the fill's
+        error, or the store's (StoreFull, DiskUnavailable) when the block could not be kept.
         """
         if self._store.has(ref.block_id, ref.length):
+            self._store.claim_warmed(ref.block_id, charge.tenant)
             return False
         if self._store.failed:  # no origin GET for a block that cannot be kept
             raise DiskUnavailable(self._store.failed)
@@ -155,11 +176,12 @@ class Filler:
         if landed is not None and len(landed[0]) == ref.length:
             write: Write | None = landed[1]
         else:
-            (_, write), _ = await self._shared_fill(ref)
+            (_, write), _ = await self._shared_fill(ref, replace(charge, warmed=True))
         if write is not None:
             err = await asyncio.shield(write)  # a cancelled caller leaves the write running
             if err is not None:
                 raise err
+        self._store.claim_warmed(ref.block_id, charge.tenant)  # a read's fill it joined
         return True
 
     async def check_stored(self, ref: BlockRef) -> bool | None:
@@ -173,15 +195,15 @@ class Filler:
         ob.close()
         return True
 
-    async def read_block_bytes(self, ref: BlockRef) -> bytes:
+    async def read_block_bytes(self, ref: BlockRef, charge: Charge = NOBODY) -> bytes:
         """Return the whole block as bytes, checking the checksum of a disk hit."""
-        got = await self.read_block(ref)
+        got = await self.read_block(ref, charge)
         if isinstance(got, bytes):
             return got
         data = await self._read_checked(got)
         if data is None:
             self._store.delete(ref.block_id)
-            return await self.read_block_bytes(ref)  # now a miss: refilled from origin
+            return await self.read_block_bytes(ref, charge)  # now a miss: refilled from origin
         return data
 
     async def _read_checked(self, ob: OpenBlock) -> bytes | None:
@@ -197,7 +219,7 @@ class Filler:
         self._metrics.corrupt_blocks.inc()
         return None
 
-    async def _fill(self, ref: BlockRef) -> tuple[bytes, Write | None]:
+    async def _fill(self, ref: BlockRef, charge: Charge) -> tuple[bytes, Write | None]:
         ob = self._store.open_block(ref.block_id, ref.length)  # filled while we queued?
         if ob is not None:
             data = await self._read_checked(ob)
@@ -207,32 +229,48 @@ class Filler:
         self._metrics.fills_in_flight.set(len(self._flight))
         try:
             async with asyncio.timeout(self._config.fill_timeout_s):  # queueing included
-                await self._slots.acquire()
-                try:
-                    data = await self._handoff_or_fetch(ref)
-                except BaseException:
-                    self._slots.release()
-                    raise
+                data = await self._gated_fetch(ref, charge)
         except TimeoutError:
             raise OriginTimeout(ref.obj.bucket, ref.obj.key,
                                 f"block {ref.index} not filled within "
                                 f"{self._config.fill_timeout_s:g}s") from None
         # Readers get the bytes now; the disk write finishes behind them. Until it does,
         # read_block finds the block in _landed, so no second fill can start.
-        task = asyncio.ensure_future(self._write_behind(ref, data))
+        task = asyncio.ensure_future(self._write_behind(ref, data, charge))
         self._landed[ref.block_id] = data, task  # popped by the task when it ends
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         return data, task
 
-    async def _handoff_or_fetch(self, ref: BlockRef) -> bytes:
+    async def _gated_fetch(self, ref: BlockRef, charge: Charge) -> bytes:
+        """Return the block from a previous owner or the origin, under the tenant's budget.
+
+        The tenant's budget comes first, so waiting for it holds no node-wide slot; the
+        write-behind slot taken here is given back once the block is on disk.
+        """
+        ticket = None if self.gate is None else await self.gate.admit(charge, ref.length)
+        try:
+            await self._slots.acquire()
+            try:
+                return await self._handoff_or_fetch(ref, charge, ticket)
+            except BaseException:
+                self._slots.release()
+                raise
+        finally:
+            if ticket is not None:
+                ticket.release()
+
+    async def _handoff_or_fetch(self, ref: BlockRef, charge: Charge,
+                                ticket: Ticket | None) -> bytes:
         if self.handoff is not None:
             data = await self.handoff(ref)
             if data is not None and len(data) == ref.length:
+                if ticket is not None:
+                    ticket.handed_off()  # no origin bytes after all
                 return data
-        return await self._fetch(ref)
+        return await self._fetch(ref, charge)
 
-    async def _fetch(self, ref: BlockRef) -> bytes:
+    async def _fetch(self, ref: BlockRef, charge: Charge) -> bytes:
         async with self._limit:
             self._metrics.fills.inc()
             t0 = time.monotonic()
@@ -240,12 +278,16 @@ class Filler:
             self._metrics.fill_seconds.observe(time.monotonic() - t0)
         if len(data) != ref.length:
             raise OriginUnavailable(ref.obj.bucket, ref.obj.key, "origin returned a short block")
+        m, tenant = self._metrics, self._metrics.tenant(charge.tenant)
+        m.tenant_fills.labels(tenant).inc()
+        m.tenant_origin_bytes.labels(tenant).inc(len(data))
         return data
 
-    async def _write_behind(self, ref: BlockRef, data: bytes) -> CacheError | None:
+    async def _write_behind(self, ref: BlockRef, data: bytes, charge: Charge
+                            ) -> CacheError | None:
         """Store a filled block; return the error that kept it off disk (None: stored)."""
         try:
-            await self._store.put(ref, data)
+            await self._store.put(ref, data, charge.tenant, charge.warmed)
             return None
         except CacheError as e:  # StoreFull, DiskUnavailable, Overloaded (out of fds)
             log.warning("serving block %s uncached: %s", ref.block_id, e)

@@ -34,6 +34,7 @@ from cachenode.metrics import NodeMetrics
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
 from cachenode.peers import ERROR_KEY
+from cachenode.qos import Charge
 from cachenode.service import BlockService, Chunk, MemChunk
 from cachenode.singleflight import FlightCancelled
 
@@ -83,11 +84,19 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
         self._service, self._metrics, self._block_size = service, metrics, block_size
         self._auth = authenticator or OpenAccess()
 
-    def _check(self, method: str, request: object, context: grpc.aio.ServicerContext) -> None:
-        """Raise AccessDenied unless the call's credentials may read what it names."""
+    def _check(self, method: str, request: object, context: grpc.aio.ServicerContext
+               ) -> Charge:
+        """Return whose fills the call's are, unless its credentials may not read what it
+        names (AccessDenied)."""
         view = call_view(method, request, context.invocation_metadata() or ())
         principal = self._auth.authenticate(view, time.time())
-        require_read(principal, getattr(request, "bucket"), getattr(request, "key"))
+        self._metrics.tenant_request(principal.tenant, "grpc")
+        try:
+            require_read(principal, getattr(request, "bucket"), getattr(request, "key"))
+        except AccessDenied:
+            self._metrics.tenant_denial(principal.tenant, "grpc")
+            raise
+        return Charge(principal.tenant)
 
     async def Stat(self, request: pb.StatRequest,
                    context: grpc.aio.ServicerContext) -> pb.ObjectInfo:
@@ -102,7 +111,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadRange(self, request: pb.ReadRangeRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            self._check("ReadRange", request, context)
+            charge = self._check("ReadRange", request, context)
             meta = await self._service.pinned(request.bucket, request.key, request.etag)
             start = request.offset
             end = meta.size - 1 if request.length < 0 else start + request.length - 1
@@ -111,9 +120,10 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
                 raise RangeNotSatisfiable(f"offset {start}", meta.size)
             first = True
             offset = start
-            async with aclosing(self._service.chunks(meta, start, end)) as chunks:
+            async with aclosing(self._service.chunks(meta, start, end,
+                                                     charge=charge)) as chunks:
                 async for chunk in chunks:
-                    async for data in _chunk_bytes(chunk, self._metrics):
+                    async for data in _chunk_bytes(chunk, self._metrics, charge.tenant):
                         yield pb.Chunk(data=data, offset=offset,
                                        info=info_of(meta, self._block_size) if first else None)
                         first, offset = False, offset + len(data)
@@ -126,7 +136,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
     async def ReadBlock(self, request: pb.ReadBlockRequest,
                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            self._check("ReadBlock", request, context)
+            charge = self._check("ReadBlock", request, context)
             meta = await self._service.pinned(request.bucket, request.key, request.etag)
             if request.object_size != meta.size:  # the block id does not cover the size
                 raise BadRequest(f"object_size {request.object_size} does not match the "
@@ -136,7 +146,7 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
             ref = BlockRef(meta, request.index, self._block_size)
             if request.ring_epoch and request.ring_epoch != self._service.router.epoch:
                 self._metrics.epoch_mismatches.inc()  # views differ: a ring change in flight
-            data = await self._block_bytes(ref, request)
+            data = await self._block_bytes(ref, request, charge)
             crc = crc32c(data)
             for i in range(0, len(data), CHUNK_BYTES):
                 yield pb.Chunk(data=data[i:i + CHUNK_BYTES], offset=ref.start + i,
@@ -145,14 +155,16 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
             await self._abort(context, "ReadBlock", e)
         self._metrics.requests.labels("grpc", "OK").inc()
 
-    async def _block_bytes(self, ref: BlockRef, request: pb.ReadBlockRequest) -> bytes:
+    async def _block_bytes(self, ref: BlockRef, request: pb.ReadBlockRequest,
+                           charge: Charge) -> bytes:
         """Return the block's bytes: disk only for a handoff, else routed (hops > 0: here)."""
         if request.cached_only:
             data = await self._service.filler.read_stored_bytes(ref)
             if data is None:
                 raise BlockNotCached(ref.block_id)
             return data
-        return await self._service.router.read_block_bytes(ref, hops=request.hops)
+        return await self._service.router.read_block_bytes(ref, hops=request.hops,
+                                                           charge=charge)
 
     async def _abort(self, context: grpc.aio.ServicerContext, method: str,
                      err: CacheError) -> None:
@@ -165,10 +177,13 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
         await context.abort(code, f"{type(err).__name__}: {err}", trailing_metadata=trailing)
 
 
-async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics) -> AsyncIterator[bytes]:
+async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics, tenant: str
+                       ) -> AsyncIterator[bytes]:
     """Yield a chunk's bytes in messages of at most CHUNK_BYTES."""
     if isinstance(chunk, MemChunk):
         metrics.bytes_served.labels(chunk.source).inc(len(chunk.data))
+        metrics.tenant_served_bytes.labels(metrics.tenant(tenant), chunk.source).inc(
+            len(chunk.data))
         for i in range(0, len(chunk.data), CHUNK_BYTES):
             yield bytes(chunk.data[i:i + CHUNK_BYTES])
         return
@@ -184,6 +199,8 @@ async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics) -> AsyncIterator[byte
             done += n
             yield data
         metrics.bytes_served.labels(chunk.block.source).inc(chunk.length)
+        metrics.tenant_served_bytes.labels(metrics.tenant(tenant), chunk.block.source).inc(
+            chunk.length)
     finally:
         chunk.close()
 

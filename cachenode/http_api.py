@@ -38,7 +38,8 @@ from cachenode.http_errors import error_response
 from cachenode.http_headers import check_one_block, object_headers, parse_object_path, small_int
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name
-from cachenode.peers_http import CACHED_ONLY, EPOCH, HOPS, SIZE
+from cachenode.peers_http import CACHED_ONLY, EPOCH, HOPS, SIZE, TENANT, TENANT_WAIT
+from cachenode.qos import Charge, peer_charge
 from cachenode.ranges import Span, parse_range
 from cachenode.service import BlockService
 from cachenode.warm import MAX_BODY_BYTES, Admin
@@ -134,12 +135,21 @@ class HttpApi:
             return web.json_response({"error": "NoRing", "reason": "no group view"}, status=404)
         return web.json_response(self._ring_view())
 
+    def _may(self, who: Principal, bucket: str, key: str, listing: bool = False) -> None:
+        """Raise AccessDenied unless `who` may read (or list) it; count the tenant's request."""
+        self._metrics.tenant_request(who.tenant, "http")
+        try:
+            (require_list if listing else require_read)(who, bucket, key)
+        except AccessDenied:
+            self._metrics.tenant_denial(who.tenant, "http")
+            raise
+
     async def _list(self, request: web.Request) -> web.Response:
         """List objects under ?prefix= as JSON, a page at a time (?token=, ?max-keys=)."""
         q = request.query
         try:
             bucket, prefix = request.match_info["bucket"], q.get("prefix", "")
-            require_list(self._principal(request), bucket, prefix)
+            self._may(self._principal(request), bucket, prefix, listing=True)
             limit = int(q.get("max-keys", "1000")) if q.get("max-keys", "1000").isdigit() else 0
             objs, token = await self._service.list_page(bucket, prefix, q.get("token", ""),
                                                         limit)
@@ -190,10 +200,10 @@ class HttpApi:
         try:
             principal = self._principal(request)
             bucket, key = parse_object_path(request.rel_url.raw_path)
-            require_read(principal, bucket, key)  # before any lookup: nothing told, nothing asked
+            self._may(principal, bucket, key)  # before any lookup: nothing told, nothing asked
             for attempt in (1, 2):
                 try:
-                    return await self._serve(request, bucket, key, principal.internal)
+                    return await self._serve(request, bucket, key, principal)
                 except ObjectChanged as e:
                     if attempt == 2 or isinstance(e, PreconditionFailed):
                         raise  # changed twice in a row (let the reader retry), or If-Match
@@ -201,9 +211,17 @@ class HttpApi:
         except CacheError as e:
             return self._failed(e)
 
-    async def _serve(self, request: web.Request, bucket: str, key: str, peer: bool
+    async def _serve(self, request: web.Request, bucket: str, key: str, who: Principal
                      ) -> web.StreamResponse:
-        """Stream the object's range; peer headers count only on the cluster's own requests."""
+        """Stream the object's range; peer headers count only on the cluster's own requests.
+
+        Fills are charged to the principal's tenant, or on the cluster's own requests to the
+        tenant a peer names (X-Blockcache-Tenant: whose read it forwards).
+        """
+        peer = who.internal
+        charge = Charge(who.tenant)
+        if peer and TENANT in request.headers:
+            charge = peer_charge(request.headers.get(TENANT), request.headers.get(TENANT_WAIT))
         hops = small_int(request.headers.get(HOPS)) if peer else 0
         cached_only = peer and request.headers.get(CACHED_ONLY) == "1"
         meta = await self._pinned(request, bucket, key, hops, cached_only)
@@ -229,7 +247,7 @@ class HttpApi:
             status = 206
             headers["Content-Range"] = span.content_range(meta.size)
         return await self._body.respond(request, meta, span, status, headers, hops,
-                                        cached_only)
+                                        cached_only, charge)
 
     async def _pinned(self, request: web.Request, bucket: str, key: str, hops: int,
                       cached_only: bool) -> ObjectMeta:

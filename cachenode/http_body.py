@@ -18,6 +18,7 @@ from cachenode.checksum import crc32c
 from cachenode.errors import CacheError
 from cachenode.metrics import NodeMetrics
 from cachenode.peers_http import CRC
+from cachenode.qos import NOBODY, Charge
 from cachenode.ranges import Span
 from cachenode.sendfile import ReaderStalled, SocketSender
 from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
@@ -39,18 +40,20 @@ class BodySender:
 
     async def respond(self, request: web.BaseRequest, meta: ObjectMeta, span: Span,
                       status: int, headers: MutableMapping[str, str], hops: int = 0,
-                      cached_only: bool = False) -> web.StreamResponse:
+                      cached_only: bool = False, charge: Charge = NOBODY
+                      ) -> web.StreamResponse:
         """Answer with `status`, `headers` and the bytes of `span` (none for HEAD).
 
         A cache error before the headers is raised (the caller maps it to a status);
-        after them, the connection is cut so the reader sees a short body.
+        after them, the connection is cut so the reader sees a short body. Fills are
+        charged to `charge`; the bytes count as the tenant's unless another node asked.
         """
         length = max(0, span.length)
         if request.method == "HEAD" or length == 0:
             headers["Content-Length"] = str(length)
             return web.Response(status=status, headers=headers)
         async with aclosing(self._service.chunks(meta, span.start, span.end, hops,
-                                                 cached_only)) as chunks:
+                                                 cached_only, charge)) as chunks:
             first = await anext(chunks)  # errors before the headers still get a status
             if (isinstance(first, FileChunk) and first.offset == 0
                     and first.length == first.block.size == length):
@@ -74,17 +77,19 @@ class BodySender:
                     abort(request)
                     return web.Response(status=499)  # nginx's "client closed request"
                 raise
-            return await self._stream(request, resp, sender, first, chunks, meta, span)
+            tenant = None if hops else self._metrics.tenant(charge.tenant)
+            return await self._stream(request, resp, sender, first, chunks, meta, span,
+                                      tenant)
 
     async def _stream(self, request: web.BaseRequest, resp: web.StreamResponse,
                       sender: SocketSender, first: Chunk,
                       chunks: AsyncGenerator[Chunk, None], meta: ObjectMeta,
-                      span: Span) -> web.StreamResponse:
+                      span: Span, tenant: str | None) -> web.StreamResponse:
         """Send every chunk after the headers; cut the connection on any failure."""
         try:
-            await self._send(sender, first)
+            await self._send(sender, first, tenant)
             async for chunk in chunks:
-                await self._send(sender, chunk)
+                await self._send(sender, chunk, tenant)
         except (CacheError, EOFError) as e:
             # Headers are out: cut the connection so the reader sees a short body,
             # never bytes of another version or a silent gap.
@@ -103,13 +108,17 @@ class BodySender:
         await resp.write_eof()
         return resp
 
-    async def _send(self, sender: SocketSender, chunk: Chunk) -> None:
+    async def _send(self, sender: SocketSender, chunk: Chunk, tenant: str | None) -> None:
+        """Send one chunk; count its bytes by source (and for `tenant`, a label, if any)."""
         if isinstance(chunk, FileChunk):
             try:
                 await sender.send_file(chunk.block.fd, chunk.offset, chunk.length)
             finally:
                 chunk.close()
-            self._metrics.bytes_served.labels(chunk.block.source).inc(chunk.length)
+            source, n = chunk.block.source, chunk.length
         else:
             await sender.send_bytes(chunk.data)
-            self._metrics.bytes_served.labels(chunk.source).inc(len(chunk.data))
+            source, n = chunk.source, len(chunk.data)
+        self._metrics.bytes_served.labels(source).inc(n)
+        if tenant is not None:
+            self._metrics.tenant_served_bytes.labels(tenant, source).inc(n)

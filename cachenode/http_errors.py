@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from aiohttp import web
 
@@ -56,6 +57,11 @@ def status_of(err: CacheError) -> int:
     return 500
 
 
+def retry_after(err: CacheError) -> str:
+    """Return the Retry-After of a 503: whole seconds, 1 unless the error knows better."""
+    return str(max(1, math.ceil(getattr(err, "retry_after_s", 1.0))))
+
+
 def error_response(err: CacheError) -> web.Response:
     """Return a JSON error response with the reason a person can act on.
 
@@ -69,7 +75,7 @@ def error_response(err: CacheError) -> web.Response:
     if isinstance(err, RangeNotSatisfiable):
         headers["Content-Range"] = f"bytes */{err.size}"
     if status_of(err) == 503:
-        headers["Retry-After"] = "1"
+        headers["Retry-After"] = retry_after(err)
     doc = {"error": type(err).__name__, "reason": str(err)}
     if isinstance(err, AccessDenied):  # the S3 error code: SignatureDoesNotMatch...
         doc["code"] = headers["X-Blockcache-Code"] = getattr(err, "code", "AccessDenied")

@@ -1,10 +1,72 @@
-"""Every Prometheus object of a cache node, named after the data flow (one registry per node)."""
+"""Every Prometheus object of a cache node, named after the data flow (one registry per node).
+
+Per-tenant series carry a `tenant` label from `NodeMetrics.tenant`: '' (no auth, the cluster
+itself) is `_none`, the first MAX_TENANT_LABELS other tenants a node meets keep their name
+for the life of the process, and any more are summed under `_other`, so a node's series stay
+bounded however many tenants come and go.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+MAX_TENANT_LABELS = 64
+NO_TENANT, OTHER_TENANTS = "_none", "_other"
+# (tenant, warmed bytes, read-through bytes, this node's share of its quota or None)
+QuotaRow = tuple[str, int, int, int | None]
+
+
+class TenantLabels:
+    """Map tenant names to a bounded set of label values."""
+
+    def __init__(self, cap: int = MAX_TENANT_LABELS) -> None:
+        self._cap = cap
+        self._named: set[str] = set()
+
+    def __call__(self, tenant: str) -> str:
+        """Return the label value of `tenant`."""
+        if not tenant:
+            return NO_TENANT
+        if tenant in self._named:
+            return tenant
+        if len(self._named) < self._cap:
+            self._named.add(tenant)
+            return tenant
+        return OTHER_TENANTS
+
+
+class _QuotaCollector(Collector):
+    """The quota gauges, read from the store at scrape time (nothing on the fill path)."""
+
+    def __init__(self, labels: TenantLabels) -> None:
+        self._labels = labels
+        self.rows: Callable[[], Iterable[QuotaRow]] = lambda: ()
+
+    def collect(self) -> Iterator[Metric]:
+        used: dict[tuple[str, str], float] = {}
+        limit: dict[str, float] = {}
+        for tenant, warmed, read, share in self.rows():
+            t = self._labels(tenant)
+            used[(t, "warmed")] = used.get((t, "warmed"), 0) + warmed
+            used[(t, "read")] = used.get((t, "read"), 0) + read
+            if share is not None:
+                limit[t] = limit.get(t, 0) + share
+        g = GaugeMetricFamily("blockcache_tenant_quota_used_bytes", "Bytes of blocks held "
+                              "here per tenant, by class (warmed/read)", labels=["tenant", "class"])
+        for (t, cls), v in sorted(used.items()):
+            g.add_metric([t, cls], v)
+        yield g
+        g = GaugeMetricFamily("blockcache_tenant_quota_limit_bytes", "This node's share of "
+                              "each tenant's site quota (site quota x share of the ring)",
+                              labels=["tenant"])
+        for t, v in sorted(limit.items()):
+            g.add_metric([t], v)
+        yield g
 
 
 class NodeMetrics:
@@ -121,6 +183,40 @@ class NodeMetrics:
                                           "Reads of the --access-keys file after a change, by "
                                           "result (ok/invalid: the old keys kept)", ["result"],
                                           registry=r)
+
+        self.tenant = TenantLabels()  # tenant -> label value, bounded
+        self._tenant_metrics(r)
+
+    def _tenant_metrics(self, r: CollectorRegistry) -> None:
+        p = "blockcache_tenant_"
+        self.tenant_requests = Counter(p + "requests", "Requests per tenant (the principal's), "
+                                       "by API", ["tenant", "api"], registry=r)
+        self.tenant_served_bytes = Counter(p + "served_bytes", "Bytes sent to a tenant's "
+                                           "readers, by source (disk/origin/peer)",
+                                           ["tenant", "source"], registry=r)
+        self.tenant_denied = Counter(p + "denied", "Requests of a tenant refused for their "
+                                     "scope (403), by API", ["tenant", "api"], registry=r)
+        self.tenant_fills = Counter(p + "fills", "Block fills from origin charged to a tenant "
+                                    "(the one whose read or warmup started them)", ["tenant"],
+                                    registry=r)
+        self.tenant_origin_bytes = Counter(p + "origin_bytes", "Origin bytes of the fills "
+                                           "charged to a tenant", ["tenant"], registry=r)
+        self.tenant_throttled = Counter(p + "throttled", "Fills held back by their tenant's "
+                                        "origin budget: waited, or refused (503 SlowDown)",
+                                        ["tenant", "outcome"], registry=r)
+        self.tenant_evicted_bytes = Counter(p + "evicted_bytes", "Bytes of a tenant's blocks "
+                                            "evicted: for its quota (over its share here) or "
+                                            "for capacity", ["tenant", "reason"], registry=r)
+        self.quota = _QuotaCollector(self.tenant)  # .rows is set by the node
+        r.register(self.quota)
+
+    def tenant_request(self, tenant: str, api: str) -> None:
+        """Count one request of `tenant` on `api`."""
+        self.tenant_requests.labels(self.tenant(tenant), api).inc()
+
+    def tenant_denial(self, tenant: str, api: str) -> None:
+        """Count one request of `tenant` refused for its scope on `api`."""
+        self.tenant_denied.labels(self.tenant(tenant), api).inc()
 
     def value(self, name: str, **labels: str) -> float:
         """Return the current value of a sample, for tests and the CLI (0 if absent)."""

@@ -21,10 +21,12 @@ from cachenode.fill import Filler
 from cachenode.http_api import HttpApi
 from cachenode.http_limits import ConnectionLimits, derive_limits
 from cachenode.http_server import Gate, NodeRunner
+from cachenode.limits import NodeLimits
 from cachenode.metrics import NodeMetrics
 from cachenode.origin_s3 import S3Origin
 from cachenode.peers_http import HttpPeerClient
 from cachenode.ports import Origin
+from cachenode.qos import TenantGate
 from cachenode.routing import Router
 from cachenode.s3_api import S3Api
 from cachenode.s3_list import Lister
@@ -48,27 +50,37 @@ class CacheNode:
     """One cache node: `async with CacheNode(config) as node:` serves until the block ends."""
 
     def __init__(self, config: NodeConfig, origin: Origin | None = None,
-                 authenticator: Authenticator | None = None) -> None:
-        """Wire a node; `authenticator` overrides the one the config builds (for tests)."""
+                 authenticator: Authenticator | None = None,
+                 tenants: TenantDirectory | None = None) -> None:
+        """Wire a node; `authenticator` overrides the one the config builds, `tenants` the
+        directory of tenants' limits (else the --access-keys file's, else NoTenants)."""
         self.config = config
         self.authenticator: Authenticator = authenticator or OpenAccess()  # set at start
-        self._given_auth = authenticator is not None
+        self._given_auth, self._given_tenants = authenticator is not None, tenants is not None
         # The limits of each tenant at this site, for quotas and origin budgets: one object
-        # for the node's life, filled in place by the tenant watch (--tenants) once started.
-        self.tenants: TenantDirectory = TenantTable(config.site) if config.tenants else NoTenants()
+        # for the node's life (a TenantTable is filled in place by the --tenants watch).
+        self.tenants: TenantDirectory = (
+            tenants if tenants is not None
+            else TenantTable(config.site) if config.tenants else NoTenants())
         self.metrics = NodeMetrics()
+        # Each tenant's site limits x this node's share of the ring (the router's, late bound).
+        self.tenant_limits = NodeLimits(self.tenants, lambda: self.router.share)
+        lim = self.tenant_limits
         space = StoreSpace(config.data_dir, config.capacity_bytes, config.min_free_disk,
                            config.disk_check_interval_s)
         self.store = DiskStore(config.data_dir, config.capacity_bytes, self.metrics,
-                               fsync=config.fsync, space=space)
+                               fsync=config.fsync, space=space, quota=lim.quota_bytes)
+        self.metrics.quota.rows = self.store.quota.rows
         self._s3 = None if origin is not None else S3Origin(config, self.metrics)
         self.origin: Origin = origin if origin is not None else self._s3  # type: ignore[assignment]
-        self.filler = Filler(config, self.origin, self.store, self.metrics)
+        self.filler = Filler(config, self.origin, self.store, self.metrics,
+                             TenantGate(lim, config.block_size_bytes, self.metrics))
         grouped = bool(config.etcd_endpoints)
         self.peers = HttpPeerClient(self.metrics, config.peer_timeout_s) if grouped else None
         self.router = Router(config.node_id, self.filler, self.metrics, self.peers,
-                             config.peer_memory_blocks)
-        self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router)
+                             config.peer_memory_blocks, limited=lim.limited)
+        self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router,
+                                    lim)
         self.lister = Lister(self.origin)
         self.membership: Membership | None = None
         self.limits: ConnectionLimits | None = None  # set at start, from the fd limit
@@ -148,6 +160,8 @@ class CacheNode:
         auth, keys, cluster = build_authenticator(self.config, reloaded, table)
         if not self._given_auth:
             self.authenticator = auth
+        if keys is not None and not self._given_tenants and table is None:
+            self.tenant_limits.directory = keys  # the file's tenant= and limits
         if self.peers is not None:
             self.peers.cluster = cluster
         if table is not None and cluster is not None:

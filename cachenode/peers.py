@@ -21,6 +21,7 @@ from cachenode.errors import CacheError, PeerUnavailable, remote_error
 from cachenode.metrics import NodeMetrics
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
+from cachenode.qos import NOBODY, Charge
 
 log = logging.getLogger(__name__)
 ERROR_KEY = "blockcache-error"  # trailing metadata: the CacheError class name
@@ -63,8 +64,11 @@ class PeerClient:
         return got[1]
 
     async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
-                         cached_only: bool = False) -> bytes:
+                         cached_only: bool = False, charge: Charge = NOBODY) -> bytes:
         """Return block `ref` read from the node at `addr`, verified against its crc32.
+
+        The gRPC request carries no tenant: the owner charges its fill to the caller's
+        credentials (nodes use the HTTP transport, which names the tenant).
 
         Raises PeerUnavailable when the peer cannot be reached or fails the transfer, or
         the CacheError the peer reported (OriginNotFound, ObjectChanged, BlockNotCached...).

@@ -4,10 +4,11 @@ HTTP rather than gRPC: measured with loadtest/peer_transport.py on this machine,
 moves 1.5-1.9x faster over HTTP (crc32 checked on receipt) than over gRPC ReadBlock, at about
 half the CPU per GB; the owner sends disk hits with sendfile. What gRPC carried besides the
 bytes travels in headers: the request pins the ETag (`If-Match`) and carries the hop count,
-ring epoch and handoff flag; the response carries the block's crc32 and, on errors, the cache
-error's class name (`X-Blockcache-Error`). With a cluster secret each request is signed
-(cachenode/auth/cluster.py); a peer that refuses the signature (403) counts as unavailable,
-so the read goes to the next owner or the origin.
+ring epoch and handoff flag, and the tenant the owner charges a fill to (with how long that
+fill may wait for the tenant's budget); the response carries the block's crc32 and, on
+errors, the cache error's class name (`X-Blockcache-Error`). With a cluster secret each
+request is signed (cachenode/auth/cluster.py); a peer that refuses the signature (403)
+counts as unavailable, so the read goes to the next owner or the origin.
 """
 
 from __future__ import annotations
@@ -25,9 +26,16 @@ from cachenode.auth.cluster import HEADER as CLUSTER_AUTH
 from cachenode.auth.cluster import ClusterKey
 from cachenode.blocks import BlockRef
 from cachenode.checksum import crc32c
-from cachenode.errors import CacheError, ObjectChanged, PeerUnavailable, remote_error
+from cachenode.errors import (
+    CacheError,
+    ObjectChanged,
+    PeerUnavailable,
+    TenantThrottled,
+    remote_error,
+)
 from cachenode.liveness import Hung, Left, Liveness
 from cachenode.metrics import NodeMetrics
+from cachenode.qos import NOBODY, Charge
 
 log = logging.getLogger(__name__)
 HOPS = "X-Blockcache-Hops"
@@ -35,6 +43,8 @@ EPOCH = "X-Blockcache-Epoch"
 CACHED_ONLY = "X-Blockcache-Cached-Only"
 CRC = checksum.HEADER  # CRC-32C of the whole block, as recorded when it was filled
 SIZE = "X-Blockcache-Size"  # with If-Match: the pinned version's size, so no HEAD is needed
+TENANT = "X-Blockcache-Tenant"  # whose quota and origin budget the owner's fill counts against
+TENANT_WAIT = "X-Blockcache-Tenant-Wait"  # seconds that fill may wait for the tenant's budget
 ERROR = "X-Blockcache-Error"
 REASON = "X-Blockcache-Reason"
 PEER_DOWN_S = 2.0  # after a transport failure, skip the peer this long
@@ -87,7 +97,8 @@ class HttpPeerClient:
         return self._down_until.get(addr, 0.0) > time.monotonic()
 
     async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
-                         cached_only: bool = False, timeout_s: float | None = None) -> bytes:
+                         cached_only: bool = False, timeout_s: float | None = None,
+                         charge: Charge = NOBODY) -> bytes:
         """Return block `ref` read from the node at `addr` (host:port), crc32 checked.
 
         Raises PeerUnavailable when the peer cannot be reached or fails the transfer, or
@@ -101,13 +112,15 @@ class HttpPeerClient:
                    EPOCH: str(epoch)}
         if cached_only:
             headers[CACHED_ONLY] = "1"
+        if charge.tenant:
+            headers[TENANT], headers[TENANT_WAIT] = charge.tenant, f"{charge.wait_s:g}"
         if self.cluster is not None:
             headers[CLUSTER_AUTH] = self.cluster.sign("GET", path, "", headers, time.time())
         deadline = timeout_s or self._timeout_s  # always one: a None would mean no timeout
         try:
             async with asyncio.timeout(deadline):
                 data, crc = await self.liveness.run(addr, self._get(addr, url, headers, ref,
-                                                                    deadline))
+                                                                    deadline, charge))
         except TimeoutError:
             if timeout_s:  # a short question (handoff) went unanswered: not a dead peer
                 raise PeerUnavailable(addr, f"no answer within {timeout_s:g}s") from None
@@ -132,12 +145,16 @@ class HttpPeerClient:
         return data
 
     async def _get(self, addr: str, url: URL, headers: dict[str, str], ref: BlockRef,
-                   deadline_s: float) -> tuple[bytes, str | None]:
+                   deadline_s: float, charge: Charge) -> tuple[bytes, str | None]:
         """Return the body and crc header of one block GET, or raise the peer's error."""
         timeout = aiohttp.ClientTimeout(total=deadline_s + 1, sock_connect=CONNECT_TIMEOUT_S)
         async with self._http().get(url, headers=headers, timeout=timeout) as r:
             if r.status not in (200, 206):
-                raise await self._error(addr, ref, r)
+                err = await self._error(addr, ref, r)
+                if isinstance(err, TenantThrottled):  # rebuilt by name: say whose budget
+                    err.tenant = charge.tenant
+                    err.retry_after_s = float(small_retry(r.headers.get("Retry-After")))
+                raise err
             if r.headers.get("ETag") != ref.obj.etag:
                 raise ObjectChanged(ref.obj.bucket, ref.obj.key, ref.obj.etag)
             return await r.read(), r.headers.get(CRC)
@@ -164,3 +181,8 @@ class HttpPeerClient:
         self._metrics.peer_errors.inc()
         log.warning("peer %s failed: %s", addr, detail)
         return PeerUnavailable(addr, detail)
+
+
+def small_retry(value: str | None) -> int:
+    """Return a Retry-After of 1-60 seconds (1 when absent or not a number)."""
+    return min(60, max(1, int(value))) if value and value.isdigit() and len(value) < 4 else 1

@@ -53,8 +53,13 @@ class BlockStore(Protocol):
         """Open a committed block whose bytes pass their checksum, or return None (a miss)."""
         ...
 
-    async def put(self, ref: BlockRef, data: bytes) -> None:
-        """Store a complete block (visible only once complete)."""
+    async def put(self, ref: BlockRef, data: bytes, tenant: str = "",
+                  warmed: bool = False) -> None:
+        """Store a complete block (visible only once complete), counted against `tenant`."""
+        ...
+
+    def claim_warmed(self, block_id: str, tenant: str) -> None:
+        """Make a stored read-through block warmed and `tenant`'s (a warm found it)."""
         ...
 
     def delete(self, block_id: str) -> bool:

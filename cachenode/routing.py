@@ -9,10 +9,11 @@ the previous owner's disk before the origin (handoff), so scaling out is no refe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,9 +26,12 @@ from cachenode.errors import (
     Overloaded,
     PeerUnavailable,
     StoreFull,
+    TenantThrottled,
 )
 from cachenode.fill import Filler
+from cachenode.limits import node_share
 from cachenode.metrics import NodeMetrics
+from cachenode.qos import NOBODY, Charge
 from cachenode.ring import EmptyRing, Ring
 from cachenode.singleflight import ABANDON_GRACE_S, FlightCancelled, SingleFlight
 from cachenode.store.files import OpenBlock
@@ -37,6 +41,7 @@ OWNERS_TRIED = 3  # the owner, then up to two successors, then a fill here
 HANDOFF_TIMEOUT_S = 2.0  # a handoff is a disk read on a peer: a slow one is not worth waiting for
 PEER_READS_MAX = 64  # blocks being read from peers at once, per node (memory: x block size)
 PEER_READS_PER_NODE = 32  # ...of which from one peer: a hung one cannot take every slot
+PEER_READS_PER_TENANT = 16  # ...of which for one tenant with an origin budget (it may wait)
 HANDOFF_GIVE_UP = 64  # "not here" answers (and no hit) before a node is no longer asked...
 HANDOFF_RETRY_S = 60.0  # ...for this long (or until the ring changes)
 # The peer's own trouble: ask the next owner. (A 404 or 416 is the object's, and final; so is
@@ -44,6 +49,7 @@ HANDOFF_RETRY_S = 60.0  # ...for this long (or until the ring changes)
 # origin that is down or throttling. Denied credentials are that node's own problem.)
 _TRY_NEXT = (PeerUnavailable, Overloaded, StoreFull, DiskUnavailable, FlightCancelled,
              OriginDenied)
+_NO_LIMIT = contextlib.nullcontext()
 
 
 class Member(Protocol):
@@ -65,8 +71,8 @@ class Peers(Protocol):
     def is_down(self, addr: str) -> bool: ...
     def forget(self, keep: set[str]) -> None: ...
     async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
-                         cached_only: bool = False, timeout_s: float | None = None
-                         ) -> bytes: ...
+                         cached_only: bool = False, timeout_s: float | None = None,
+                         charge: Charge = NOBODY) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +88,13 @@ class Router:
     """Decide where each block comes from, given this node's view of the group."""
 
     def __init__(self, node_id: str, filler: Filler, metrics: NodeMetrics,
-                 peers: Peers | None = None, recent_blocks: int = 16) -> None:
+                 peers: Peers | None = None, recent_blocks: int = 16,
+                 limited: Callable[[str], bool] | None = None) -> None:
+        """Route for `node_id`; `limited(tenant)` says whether a tenant has an origin budget."""
         self.node_id, self.filler, self._metrics, self._peers = node_id, filler, metrics, peers
+        self._limited = limited or (lambda tenant: False)
+        self._slots_per_tenant: dict[str, asyncio.Semaphore] = {}  # budgeted tenants' shares
+        self.share = 1.0  # of the ring, this node's (limits.node_share)
         self._ring: Ring | None = None  # None: this node serves everything itself
         self._prev: Ring | None = None  # the ring before the last change, for handoff
         self._weights: dict[str, int] = {}  # of the nodes on the current ring
@@ -119,6 +130,7 @@ class Router:
         if weights != self._weights:
             self._prev, self._ring = self._ring, (Ring(weights) if weights else None)
             self._weights = weights
+            self.share = node_share(self._ring.shares() if self._ring else {}, self.node_id)
             self._handoff_misses.clear()  # blocks moved: worth asking again
             log.info("ring epoch %d: %d nodes up of %d members", epoch, len(weights),
                      len(members))
@@ -160,12 +172,13 @@ class Router:
         except EmptyRing:
             return []
 
-    async def read_block(self, ref: BlockRef, hops: int = 0,
-                         cached_only: bool = False) -> OpenBlock | Fetched:
+    async def read_block(self, ref: BlockRef, hops: int = 0, cached_only: bool = False,
+                         charge: Charge = NOBODY) -> OpenBlock | Fetched:
         """Return a block as an open file (local disk; caller closes) or as fetched bytes.
 
         `hops` > 0: another node forwarded the read; serve it here (disk, else origin).
         `cached_only`: a handoff question; answer from disk or raise BlockNotCached.
+        A fill (here or on the owner) is charged to `charge.tenant`.
         """
         ob = await self.filler.open_stored(ref)  # checked: a bad copy is dropped, a miss
         if ob is not None:
@@ -178,25 +191,37 @@ class Router:
             bid = ref.block_id
             data = self._recent.get(bid)
             if data is None:
-                # Readers of one remote block on this node share one peer read.
-                data, shared = await self._peer_flight.do(
-                    bid, lambda: self._from_owners(owners, ref))
-                if shared:
-                    self._metrics.peer_reads.labels("joined").inc()
+                data = await self._shared_peer_read(owners, ref, charge)
             else:
                 self._recent.move_to_end(bid)
                 self._metrics.peer_reads.labels("recent").inc()
             if data is not None:
                 return Fetched(data, "peer")
-        got = await self.filler.read_block(ref)
+        got = await self.filler.read_block(ref, charge)
         return got if isinstance(got, OpenBlock) else Fetched(got, "origin")
 
-    async def _from_owners(self, owners: list[str], ref: BlockRef) -> bytes | None:
+    async def _shared_peer_read(self, owners: list[str], ref: BlockRef,
+                                charge: Charge) -> bytes | None:
+        """Join or start this node's one read of a remote block (as Filler._shared_fill)."""
+        try:
+            data, shared = await self._peer_flight.do(
+                ref.block_id, lambda: self._from_owners(owners, ref, charge))
+        except TenantThrottled as e:
+            if e.tenant == charge.tenant:
+                raise
+            data, shared = await self._peer_flight.do(  # refused for its starter's budget
+                ref.block_id, lambda: self._from_owners(owners, ref, charge))
+        if shared:
+            self._metrics.peer_reads.labels("joined").inc()
+        return data
+
+    async def _from_owners(self, owners: list[str], ref: BlockRef,
+                           charge: Charge) -> bytes | None:
         """Return the block from the first owner that answers, or None to fill it here."""
         for owner in owners:
             if owner == self.node_id:
                 return None  # ours after all (the owners before us are down)
-            data = await self._from_peer(owner, ref)
+            data = await self._from_peer(owner, ref, charge)
             if data is not None:
                 self._recent[ref.block_id] = data  # a herd arriving just after finds it
                 while len(self._recent) > self._recent_max:
@@ -204,28 +229,39 @@ class Router:
                 return data
         return None
 
-    async def read_block_bytes(self, ref: BlockRef, hops: int = 0) -> bytes:
+    async def read_block_bytes(self, ref: BlockRef, hops: int = 0,
+                               charge: Charge = NOBODY) -> bytes:
         """Return a whole block as bytes (checksum-checked when it comes from disk)."""
         if hops == 0 and self.owners(ref)[:1] not in ([], [self.node_id]):
-            got = await self.read_block(ref)
+            got = await self.read_block(ref, charge=charge)
             if isinstance(got, Fetched):
                 return got.data
             got.close()
-        return await self.filler.read_block_bytes(ref)
+        return await self.filler.read_block_bytes(ref, charge)
 
-    async def _from_peer(self, owner: str, ref: BlockRef) -> bytes | None:
-        """Return the block from `owner`, or None to try the next one; raise its errors."""
+    async def _from_peer(self, owner: str, ref: BlockRef, charge: Charge) -> bytes | None:
+        """Return the block from `owner`, or None to try the next one; raise its errors.
+
+        A tenant with an origin budget may wait on the owner for it: its reads take a slot
+        of its own first, so they never hold more than PEER_READS_PER_TENANT shared ones.
+        """
         addr = self._addrs.get(owner)
         if addr is None or self._peers is None or self._peers.is_down(addr):
             return None
         mine = self._slots_per_peer.setdefault(owner, asyncio.Semaphore(PEER_READS_PER_NODE))
+        tenant = (self._slots_per_tenant.setdefault(charge.tenant,
+                                                    asyncio.Semaphore(PEER_READS_PER_TENANT))
+                  if self._limited(charge.tenant) else _NO_LIMIT)
         try:
-            async with mine, self._peer_slots:
+            async with tenant, mine, self._peer_slots:
                 self._metrics.peer_reads_in_flight.inc()
                 try:
-                    data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch)
+                    data = await self._peers.read_block(addr, ref, hops=1, epoch=self.epoch,
+                                                        charge=charge)
                 finally:
                     self._metrics.peer_reads_in_flight.dec()
+        except TenantThrottled:
+            raise  # the tenant's budget on the owner: another owner would spend it twice
         except _TRY_NEXT as e:
             self._metrics.peer_reads.labels("failover").inc()
             log.info("block %s: owner %s failed (%s); trying the next", ref.block_id, owner, e)

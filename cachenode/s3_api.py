@@ -21,7 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from cachenode import authorize, s3_xml
-from cachenode.access import Authenticator, Principal
+from cachenode.access import AccessDenied, Authenticator, Principal
 from cachenode.blocks import ObjectMeta
 from cachenode.conditions import evaluate, if_range_holds, pinned_etag
 from cachenode.errors import (
@@ -38,6 +38,7 @@ from cachenode.http_limits import header_safe
 from cachenode.meta_headers import OVERRIDES
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_bucket
+from cachenode.qos import Charge
 from cachenode.ranges import Span, parse_range
 from cachenode.s3_errors import S3Error, error_response, not_implemented
 from cachenode.s3_list import Lister, parse_list
@@ -92,10 +93,12 @@ class S3Api:
         """Authenticate, then route by method and by what the path names."""
         ids = {"x-amz-request-id": secrets.token_hex(8).upper(), "x-amz-id-2": self._host_id}
         resource = request.rel_url.raw_path
+        who: Principal | None = None
         try:
             bucket, key = self._address(request)
             resource = f"/{bucket}/{key}" if bucket else "/"
             who = authorize.principal(self._auth, authorize.http_view(request, "s3"))
+            self._metrics.tenant_request(who.tenant, "s3")
             if request.method in WRITES:
                 raise not_implemented(f"{request.method} (a write)")
             if request.method not in ("GET", "HEAD"):
@@ -110,6 +113,8 @@ class S3Api:
             else:
                 raise S3Error(405, "MethodNotAllowed", "HEAD / names no bucket")
         except CacheError as e:
+            if isinstance(e, AccessDenied) and who is not None:
+                self._metrics.tenant_denial(who.tenant, "s3")
             resp = error_response(e, request.method, resource, ids)
             if request.method in WRITES:
                 resp.force_close()  # do not drain an upload we refused
@@ -143,14 +148,14 @@ class S3Api:
                 raise not_implemented(f"GetObject with ?{name}")
         for attempt in (1, 2):
             try:
-                return await self._get(request, bucket, key, ids)
+                return await self._get(request, bucket, key, ids, Charge(who.tenant))
             except ObjectChanged as e:
                 if attempt == 2 or isinstance(e, PreconditionFailed):
                     raise
         raise AssertionError("unreachable")
 
     async def _get(self, request: web.Request, bucket: str, key: str,
-                   ids: dict[str, str]) -> web.StreamResponse:
+                   ids: dict[str, str], charge: Charge) -> web.StreamResponse:
         meta = await self._service.pinned(bucket, key, pinned_etag(request.headers.get(
             "If-Match")))
         headers = object_headers(meta, ids)
@@ -172,7 +177,7 @@ class S3Api:
         if status == 200 and request.headers.get("x-amz-checksum-mode", "").upper() == "ENABLED":
             headers.update(meta.checksums)  # the whole object, as the origin checksummed it
         headers.update(overrides(request.rel_url.query))
-        return await self._body.respond(request, meta, span, status, headers)
+        return await self._body.respond(request, meta, span, status, headers, charge=charge)
 
     async def _bucket(self, request: web.Request, who: Principal, bucket: str,
                       ids: dict[str, str]) -> web.StreamResponse:

@@ -24,7 +24,7 @@ from cachenode.errors import (
     PreconditionFailed,
     RangeNotSatisfiable,
 )
-from cachenode.http_errors import status_of
+from cachenode.http_errors import retry_after, status_of
 from cachenode.http_limits import header_safe
 from cachenode.s3_xml import error_xml
 
@@ -94,7 +94,7 @@ def error_response(err: CacheError, method: str, resource: str, ids: dict[str, s
     elif isinstance(err, PreconditionFailed):
         extra = [("Condition", "If-Match")]
     if status == 503:
-        headers["Retry-After"] = "1"
+        headers["Retry-After"] = retry_after(err)
     if status == 405:
         headers["Allow"] = "GET, HEAD"
     if method == "HEAD":

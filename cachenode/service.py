@@ -7,11 +7,11 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cachenode import blocks
 from cachenode.blocks import BlockRef, BlockSlice, ObjectMeta
-from cachenode.budget import MemoryBudget
+from cachenode.budget import TENANT_SHARE, MemoryBudget, TenantBudget
 from cachenode.config import NodeConfig
 from cachenode.errors import (
     BadRequest,
@@ -21,10 +21,12 @@ from cachenode.errors import (
     PreconditionFailed,
 )
 from cachenode.fill import Filler
+from cachenode.limits import NodeLimits
 from cachenode.listing import ListQuery
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name, validate_prefix
 from cachenode.ports import Origin
+from cachenode.qos import NOBODY, Charge, later_wait
 from cachenode.routing import Fetched, Router
 from cachenode.singleflight import SingleFlight
 from cachenode.store.files import OpenBlock
@@ -65,7 +67,8 @@ class BlockService:
     """Stat objects (short-TTL metadata cache) and stream byte ranges block by block."""
 
     def __init__(self, config: NodeConfig, origin: Origin, filler: Filler,
-                 metrics: NodeMetrics, router: Router | None = None) -> None:
+                 metrics: NodeMetrics, router: Router | None = None,
+                 limits: NodeLimits | None = None) -> None:
         self._config, self._origin, self.filler, self._metrics = config, origin, filler, metrics
         self.router = router or Router("", filler, metrics)  # default: alone
         self._meta: OrderedDict[tuple[str, str], tuple[float, ObjectMeta]] = OrderedDict()
@@ -73,7 +76,10 @@ class BlockService:
         self._heads: SingleFlight[ObjectMeta] = SingleFlight(cancel_abandoned=True)
         self.block_size = config.block_size_bytes
         self.budget = MemoryBudget(config.memory_budget_bytes, config.send_timeout_s)
+        self._limits = limits  # tenants' limits here (None: nobody has any)
+        self._tenant_budgets: dict[str, TenantBudget] = {}  # of tenants with origin budgets
         self.send_timeout_s = config.send_timeout_s
+        self.fill_timeout_s = config.fill_timeout_s
         self.key_policy = config.origin_keys  # cachenode/names.py: which keys are refused
 
     async def close(self) -> None:
@@ -158,8 +164,19 @@ class BlockService:
         if old is not None:
             self._meta_bytes -= entry_bytes(old[1])
 
+    def _budget(self, tenant: str) -> MemoryBudget | TenantBudget:
+        """Return the memory budget a tenant's responses take from (budget.TenantBudget)."""
+        if self._limits is None or not self._limits.limited(tenant):
+            return self.budget
+        got = self._tenant_budgets.get(tenant)
+        if got is None:
+            own = MemoryBudget(int(self.budget.total * TENANT_SHARE), self.send_timeout_s)
+            got = self._tenant_budgets[tenant] = TenantBudget(own, self.budget)
+        return got
+
     async def chunks(self, meta: ObjectMeta, start: int, end: int, hops: int = 0,
-                     cached_only: bool = False) -> AsyncGenerator[Chunk, None]:
+                     cached_only: bool = False, charge: Charge = NOBODY
+                     ) -> AsyncGenerator[Chunk, None]:
         """Yield the bytes [start, end] of the pinned version in order, with bounded read-ahead.
 
         Blocks stored here are sent from their files (a block this response fills is
@@ -167,21 +184,25 @@ class BlockService:
         memory. A block from another node is held in memory until sent: it takes its bytes
         from the node's MemoryBudget first; read-ahead only takes free budget. A FileChunk
         must be closed by the receiver. ObjectChanged means the version is gone: the
-        metadata is dropped.
+        metadata is dropped. Fills are charged to `charge.tenant`: the first block's may
+        wait `charge.wait_s` for the tenant's budget, later ones up to half the fill timeout.
         """
         todo = iter(blocks.slices(meta, start, end, self._config.block_size_bytes))
         s: BlockSlice | None = next(todo, None)
         pending: deque[_Ahead] = deque()
+        budget = self._budget(charge.tenant)
+        later = replace(charge, wait_s=max(charge.wait_s, later_wait(self.fill_timeout_s)))
         try:
             while True:
                 while s is not None and len(pending) <= self._config.readahead_blocks:
                     need = self.router.held_in_memory(s.ref, hops, cached_only)
-                    if need and not self.budget.try_take(need):
+                    if need and not budget.try_take(need):
                         if pending:
                             break  # read ahead only on free budget; retry after a send
-                        await self.budget.take(need)  # the block to send next may wait
-                    pending.append(_Ahead(s, asyncio.ensure_future(
-                        self._read(s.ref, hops, cached_only)), need))
+                        await budget.take(need)  # the block to send next may wait
+                    pending.append(_Ahead(s, asyncio.ensure_future(self._read(
+                        s.ref, hops, cached_only, charge if s.ref.start <= start else later)),
+                        need))
                     s = next(todo, None)
                 if not pending:
                     return
@@ -194,20 +215,21 @@ class BlockService:
                 pending.popleft()
                 held, ahead.held = ahead.held, 0
                 if isinstance(got, OpenBlock):
-                    self.budget.give(held)  # sent from its file after all
+                    budget.give(held)  # sent from its file after all
                     held = 0
                 try:
                     yield _chunk(ahead.slice, got)
                 finally:
-                    self.budget.give(held)
+                    budget.give(held)
         finally:
             for a in pending:
                 _discard(a.fut)
-                self.budget.give(a.held)
+                budget.give(a.held)
 
-    async def _read(self, ref: BlockRef, hops: int, cached_only: bool) -> OpenBlock | Fetched:
+    async def _read(self, ref: BlockRef, hops: int, cached_only: bool,
+                    charge: Charge) -> OpenBlock | Fetched:
         """Return a block routed as usual; one filled from origin here, as its stored file."""
-        got = await self.router.read_block(ref, hops, cached_only)
+        got = await self.router.read_block(ref, hops, cached_only, charge)
         if isinstance(got, Fetched) and got.source == "origin":
             if await self.filler.settled(ref):
                 got = self.filler.open_written(ref) or got

@@ -2,6 +2,9 @@
 
 The JSON request parsers are pure; `Admin` does the work through the node's own Filler
 (single flight, fill limiter, timeout) and DiskStore (delete path, capacity accounting).
+A warm request names the tenant whose job it is ("tenant", '' or absent: nobody's): its
+blocks are stored as that tenant's warmed blocks, and its fills take that tenant's origin
+budget (waiting for it up to half the fill timeout).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from cachenode.blocks import BlockRef, ObjectMeta, block_count
 from cachenode.errors import BadRequest, CacheError, DiskUnavailable, ObjectChanged
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name, validate_prefix
+from cachenode.qos import Charge, check_tenant, later_wait
 from cachenode.service import BlockService
 from cachenode.store.disk import DiskStore
 
@@ -37,6 +41,7 @@ class WarmRequest:
 
     refs: list[BlockRef]
     verify: bool = False
+    tenant: str = ""  # whose job: its quota and origin budget ('' = nobody's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,7 @@ def parse_warm(doc: dict[str, Any], block_size: int, policy: str = "strict") -> 
     if asked != block_size:
         raise BadRequest(f"block_size {asked} differs from this node's block size {block_size}")
     verify = _field(doc, "verify", (bool,), "", False)
+    tenant = check_tenant(_field(doc, "tenant", (str,), "", ""))
     refs: list[BlockRef] = []
     for n, obj in enumerate(_field(doc, "objects", (list,), "")):
         where = f"objects[{n}]: "
@@ -128,7 +134,7 @@ def parse_warm(doc: dict[str, Any], block_size: int, policy: str = "strict") -> 
             refs.append(BlockRef(meta, i, block_size))
             if len(refs) > MAX_WARM_BLOCKS:
                 raise BadRequest(f"more than {MAX_WARM_BLOCKS} blocks in one warm request")
-    return WarmRequest(refs, verify)
+    return WarmRequest(refs, verify, tenant)
 
 
 def parse_evict(doc: dict[str, Any], policy: str = "strict") -> tuple[str, str]:
@@ -151,7 +157,7 @@ class Admin:
     async def warm_json(self, body: bytes) -> dict[str, Any]:
         """Answer a POST /_warm body (see parse_warm) with one result per block."""
         req = parse_warm(parse_json(body), self._filler.block_size, self._service.key_policy)
-        results = await self.warm(await self.own_versions(req.refs), req.verify)
+        results = await self.warm(await self.own_versions(req.refs), req.verify, req.tenant)
         failed = [r for r in results if r.status == "failed"]
         if failed:
             log.warning("warm: %d of %d blocks failed (first: s3://%s/%s block %d: %s)",
@@ -199,21 +205,23 @@ class Admin:
             out.append(BlockRef(got, r.index, r.block_size))
         return out
 
-    async def warm(self, refs: list[BlockRef | WarmResult], verify: bool = False
-                   ) -> list[WarmResult]:
-        """Warm blocks, WARM_CONCURRENCY at a time; return their results in order."""
+    async def warm(self, refs: list[BlockRef | WarmResult], verify: bool = False,
+                   tenant: str = "") -> list[WarmResult]:
+        """Warm blocks for `tenant`, WARM_CONCURRENCY at a time; return results in order."""
         gate = asyncio.Semaphore(WARM_CONCURRENCY)
+        charge = Charge(tenant, later_wait(self._service.fill_timeout_s), warmed=True)
 
         async def one(ref: BlockRef | WarmResult) -> WarmResult:
             if isinstance(ref, WarmResult):
                 self._metrics.warm_blocks.labels(ref.status).inc()
                 return ref
             async with gate:
-                return await self.warm_block(ref, verify)
+                return await self.warm_block(ref, verify, charge)
 
         return list(await asyncio.gather(*(one(r) for r in refs)))
 
-    async def warm_block(self, ref: BlockRef, verify: bool = False) -> WarmResult:
+    async def warm_block(self, ref: BlockRef, verify: bool = False,
+                         charge: Charge = Charge(warmed=True)) -> WarmResult:
         """Make sure one block is on this node's disk, filling it from origin if missing.
 
         `verify` reads a stored block and checks its crc32; a bad copy is dropped and
@@ -223,7 +231,9 @@ class Admin:
         try:
             ok = await self._filler.check_stored(ref) if verify else None
             repaired = ok is False
-            filled = False if ok else await self._filler.warm(ref)
+            filled = False if ok else await self._filler.warm(ref, charge)
+            if ok:
+                self._store.claim_warmed(ref.block_id, charge.tenant)
         except CacheError as e:
             result = WarmResult(ref, "failed", repaired, type(e).__name__, str(e))
         except Exception as e:  # a bug must not fail the other blocks of the request

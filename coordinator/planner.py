@@ -59,8 +59,13 @@ def moved(tasks: Iterable[BlockTask], ring: Ring) -> list[BlockTask]:
     return [t for t in tasks if t.done_on is not None and ring.owner(t.bid) != t.done_on]
 
 
-def warm_request(batch: Sequence[BlockTask], block_size: int, verify: bool) -> dict[str, object]:
-    """Return the JSON body of a node's POST /_warm for one batch (blocks grouped by object)."""
+def warm_request(batch: Sequence[BlockTask], block_size: int, verify: bool,
+                 tenant: str = "") -> dict[str, object]:
+    """Return the JSON body of a node's POST /_warm for one batch (blocks grouped by object).
+
+    `tenant` is the job's: its blocks become that tenant's warmed blocks on the nodes ('' =
+    nobody's, an admin's job).
+    """
     objects: dict[tuple[str, str, str], dict[str, object]] = {}
     for t in batch:
         o = t.obj
@@ -68,7 +73,11 @@ def warm_request(batch: Sequence[BlockTask], block_size: int, verify: bool) -> d
             "bucket": o.bucket, "key": o.key, "etag": o.etag, "size": o.size,
             "last_modified": o.last_modified, "indices": []})
         entry["indices"].append(t.index)  # type: ignore[attr-defined]
-    return {"block_size": block_size, "verify": verify, "objects": list(objects.values())}
+    body: dict[str, object] = {"block_size": block_size, "verify": verify,
+                               "objects": list(objects.values())}
+    if tenant:
+        body["tenant"] = tenant
+    return body
 
 
 def overlapping(bucket: str, prefix: str, versions: Iterable[Version]) -> list[Version]:

@@ -136,7 +136,8 @@ class Scheduler:
             manifest = await self._lister.manifest(job.bucket, job.key_prefix,
                                                    self._cfg.max_objects)
             runners = [SiteWarmup(s, manifest, job.verify, self._cfg, self._nodes,
-                                  self._limits.setdefault(s, SiteLimits(self._cfg)))
+                                  self._limits.setdefault(s, SiteLimits(self._cfg)),
+                                  job.tenant)
                        for s in job.sites]
             for r in runners:
                 await self._put_version(job, r.site, "warming", r.progress)

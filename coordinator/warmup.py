@@ -100,8 +100,10 @@ class SiteWarmup:
     """Put every block of a manifest on one site's owners; progress is read live."""
 
     def __init__(self, site: str, manifest: Sequence[ObjectMeta], verify: bool,
-                 config: CoordinatorConfig, nodes: Nodes, limits: SiteLimits) -> None:
+                 config: CoordinatorConfig, nodes: Nodes, limits: SiteLimits,
+                 tenant: str = "") -> None:
         self.site, self._manifest, self._verify = site, manifest, verify
+        self._tenant = tenant  # whose warmed blocks these become on the nodes
         self._cfg, self._nodes, self._limits = config, nodes, limits
         self.progress = Progress(objects=len(manifest), bytes_total=sum(o.size for o in manifest))
         self.failed: list[FailedObject] = []
@@ -182,7 +184,7 @@ class SiteWarmup:
             t.attempts += 1
         try:
             results = await self._nodes.warm(addr, warm_request(batch, self._block_size,
-                                                                self._verify))
+                                                                self._verify, self._tenant))
         except NodeFailed as e:
             log.warning("site %s: warm batch on %s failed: %s", self.site, node, e)
             # Refused (403): retrying cannot help until the cluster secrets agree.

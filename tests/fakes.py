@@ -7,6 +7,7 @@ import hashlib
 import time
 from collections import Counter
 
+from cachenode.access import NO_LIMITS, TenantLimits
 from cachenode.blocks import Headers, ObjectMeta
 from cachenode.errors import CacheError, ObjectChanged, OriginNotFound, OriginUnavailable
 from cachenode.listing import BucketInfo, ListedObject, ListPage, ListQuery
@@ -110,6 +111,19 @@ class FakeOrigin:
             return self.objects[(bucket, key)]
         except KeyError:
             raise OriginNotFound(bucket, key) from None
+
+
+class FakeTenants:
+    """A TenantDirectory from a dict: tenant -> its site limits; change `tenants` at will."""
+
+    def __init__(self, tenants: dict[str, TenantLimits] | None = None) -> None:
+        self.tenants = dict(tenants or {})
+        self.asked = 0  # limits() calls
+
+    def limits(self, tenant: str) -> TenantLimits:
+        """Return the tenant's limits (NO_LIMITS for '' or an unknown tenant)."""
+        self.asked += 1
+        return self.tenants.get(tenant, NO_LIMITS)
 
 
 def down(bucket: str = "b", key: str = "k") -> OriginUnavailable:

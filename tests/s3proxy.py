@@ -32,11 +32,14 @@ class Counts:
 class CountingProxy:
     """A reverse proxy to `upstream` on 127.0.0.1, served from its own thread and event loop."""
 
-    def __init__(self, upstream: str, port: int | None = None, chunk_bytes: int = 256 * 1024
-                 ) -> None:
+    def __init__(self, upstream: str, port: int | None = None, chunk_bytes: int = 256 * 1024,
+                 rate_bytes_s: float | None = None) -> None:
+        """Describe a proxy; `rate_bytes_s` shapes every response body together (one link)."""
         self.upstream = upstream.rstrip("/")
         self.port = port or free_port()
         self.chunk_bytes = chunk_bytes
+        self.rate_bytes_s = rate_bytes_s
+        self._link_free_at = 0.0  # loop time the shaped link is next free; touched on _loop
         self._counts = Counts()  # guarded by _lock
         self._lock = threading.Lock()
         self._loop = asyncio.new_event_loop()
@@ -194,11 +197,22 @@ class CountingProxy:
             try:
                 if request.method != "HEAD":
                     async for chunk in upstream.content.iter_chunked(self.chunk_bytes):
+                        await self._shape(len(chunk))
                         await response.write(chunk)
                 await response.write_eof()
             except ConnectionResetError:  # the client went away mid-body
                 pass
             return response
+
+    async def _shape(self, n: int) -> None:
+        """Wait until the shaped link has carried the bytes before these `n` (FIFO)."""
+        if not self.rate_bytes_s:
+            return
+        now = self._loop.time()
+        start = max(now, self._link_free_at)
+        self._link_free_at = start + n / self.rate_bytes_s
+        if self._link_free_at > now:
+            await asyncio.sleep(self._link_free_at - now)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -2,12 +2,12 @@
 
 `--cluster-secret-file` holds one secret shared by the group. A node signs each peer read
 and handoff question with HMAC-SHA256 over the method, raw path and query, the headers that
-steer it (Range, If-Match and the X-Blockcache-* peer headers, a body's SHA-256), the Unix
-time and a random nonce; the receiver accepts it within +-5 minutes of its own clock. A
-captured request can be replayed inside that window: for block reads that is acceptable (it
-reads again the block it carried, which the eavesdropper saw already); POSTs (/_warm,
-/_evict) are kept from replays by the edge (each nonce once). Pure: stdlib only;
-`from_file` reads a file.
+steer it (Range, If-Match and the X-Blockcache-* peer headers, among them the tenant a fill
+is charged to; a body's SHA-256), the Unix time and a random nonce; the receiver accepts it
+within +-5 minutes of its own clock. A captured request can be replayed inside that window:
+for block reads that is acceptable (it reads again the block it carried, which the
+eavesdropper saw already); POSTs (/_warm, /_evict) are kept from replays by the edge (each
+nonce once). Pure: stdlib only; `from_file` reads a file.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ BODY_SHA256 = "X-Blockcache-Body-Sha256"  # hex SHA-256 of a POST body, signed w
 WINDOW_S = 300
 MIN_SECRET_BYTES = 16
 SIGNED = ("range", "if-match", "x-blockcache-size", "x-blockcache-hops",
-          "x-blockcache-epoch", "x-blockcache-cached-only", BODY_SHA256.lower())
+          "x-blockcache-epoch", "x-blockcache-cached-only", BODY_SHA256.lower(),
+          "x-blockcache-tenant", "x-blockcache-tenant-wait")  # whose fill it is, how patient
 _VALUE = re.compile(r"t=([0-9]{1,12}),n=([0-9a-f]{16}),sig=([0-9a-f]{64})")
 
 

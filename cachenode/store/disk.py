@@ -1,7 +1,9 @@
-"""Block files on local disk: write temp, rename, then index; capacity kept by LRU eviction.
+"""Block files on local disk: write temp, rename, then index; capacity kept by eviction.
 
 The capacity is the configured one or what fits on the filesystem above its free-space floor
 (store/space.py), the lesser: a disk filled by others, or an ENOSPC, shrinks the store.
+Eviction goes by class (store/classes.py: over-quota read-through, read-through, warmed; LRU
+in each), and each tenant is kept under its share of its quota (store/quota.py).
 """
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 from cachenode.blocks import BlockRef
 from cachenode.checksum import file_crc32c
 from cachenode.errors import CacheError, DiskUnavailable, StoreFull
 from cachenode.metrics import NodeMetrics
-from cachenode.store.eviction import LruPolicy
+from cachenode.store.classes import ClassedLru
 from cachenode.store.files import OpenBlock, unlink_quietly, write_block_file
 from cachenode.store.health import DiskHealth
 from cachenode.store.index import BlockIndex, IndexEntry
+from cachenode.store.quota import QuotaKeeper
 from cachenode.store.repair import checked_entries, lock_data_dir, remove_strays
 from cachenode.store.space import StoreSpace
 from cachenode.store.temp import TempFiles
@@ -39,7 +43,9 @@ class DiskStore:
     """
 
     def __init__(self, root: Path, capacity_bytes: int, metrics: NodeMetrics,
-                 fsync: bool = False, space: StoreSpace | None = None) -> None:
+                 fsync: bool = False, space: StoreSpace | None = None,
+                 quota: Callable[[str], int | None] | None = None) -> None:
+        """Describe a store; `quota(tenant)` is the bytes a tenant may hold here (None: any)."""
         self.root = Path(root)
         self._metrics, self._fsync = metrics, fsync
         self._blocks = self.root / "blocks"
@@ -47,7 +53,8 @@ class DiskStore:
         self.space = space or StoreSpace(self.root, capacity_bytes)
         self._temp = TempFiles(self.root / "tmp", self.space,
                                lambda tmp, final, data: self._write_file(tmp, final, data))
-        self._lru = LruPolicy()  # committed blocks; guarded by the event loop
+        self._lru = ClassedLru()  # committed blocks by holder and class; guarded by the loop
+        self.quota = QuotaKeeper(self._lru, quota or (lambda tenant: None), self._evict, metrics)
         self._index: BlockIndex | None = None
         self.health = DiskHealth(self.root, self._reopen_index)
         self._lock_fd = -1
@@ -86,7 +93,7 @@ class DiskStore:
         self._metrics.corrupt_blocks.inc(dropped)  # file and index disagreed, as in open_block
         strays = remove_strays(self._blocks, {e.block_id for e in entries})
         for e in sorted(entries, key=lambda e: e.atime):
-            self._lru.add(e.block_id, e.size)
+            self._lru.add(e.block_id, e.size, e.tenant, e.warmed)
         self._look()  # evicts down to the capacity, or to what fits above the floor
         log.info("block store %s: %d blocks, %d bytes; dropped %d index entries without files, "
                  "removed %d stray files; %d bytes free on its disk, floor %d, holds at most "
@@ -160,8 +167,7 @@ class DiskStore:
         self._lru.touch(block_id)
         now = time.time()
         if now - e.atime > ATIME_PERSIST_S:
-            self._index_put(IndexEntry(e.block_id, e.size, e.crc32c, now, e.bucket, e.key,
-                                       e.etag, e.index))
+            self._index_put(replace(e, atime=now))
         return OpenBlock(block_id, fd, e.size, e.crc32c)
 
     async def open_checked(self, block_id: str, size: int,
@@ -194,22 +200,24 @@ class DiskStore:
                        else "file shorter than recorded")
         return None
 
-    async def put(self, ref: BlockRef, data: bytes) -> None:
+    async def put(self, ref: BlockRef, data: bytes, tenant: str = "",
+                  warmed: bool = False) -> None:
         """Store a filled block: reserve space, write a temp file, rename, then index it.
 
-        A full disk (ENOSPC) shrinks the store to what fits, and the block is tried once more.
+        The block counts against `tenant`, as warmed or read-through. A full disk (ENOSPC)
+        shrinks the store to what fits, and the block is tried once more.
         """
         if not self.health.usable():
             raise DiskUnavailable(self.failed or "")
         for _attempt in range(2):
             if ref.block_id in self._lru:
                 return
-            if await self._write_block(ref, data):
+            if await self._write_block(ref, data, tenant, warmed):
                 return
         size = len(data)  # ENOSPC twice
         raise StoreFull(size, self.space.limit, self.space.disk_full(self._lru.total, size))
 
-    async def _write_block(self, ref: BlockRef, data: bytes) -> bool:
+    async def _write_block(self, ref: BlockRef, data: bytes, tenant: str, warmed: bool) -> bool:
         """Write and index one block; return False if the disk was full (the store shrank)."""
         bid, size = ref.block_id, len(data)
         self._reserve(size)  # raises StoreFull
@@ -217,20 +225,22 @@ class DiskStore:
             crc = await self._temp.write(bid, self._path(bid), data, lambda: bid in self._lru)
         except OSError as err:
             return self._write_failed(f"write {bid}", err)
-        return self._commit(ref, size, crc)
+        return self._commit(ref, size, crc, tenant, warmed)
 
-    def _commit(self, ref: BlockRef, size: int, crc: int) -> bool:
+    def _commit(self, ref: BlockRef, size: int, crc: int, tenant: str, warmed: bool) -> bool:
         """Index a written block; return False if the disk was too full for the index."""
         bid = ref.block_id
         assert self._index is not None, "store is not open"
         try:
             self._index.put(IndexEntry(bid, size, crc, time.time(), ref.obj.bucket,
-                                       ref.obj.key, ref.obj.etag, ref.index))
+                                       ref.obj.key, ref.obj.etag, ref.index, tenant, warmed))
         except OSError as err:
             if bid not in self._lru:  # else a concurrent put of this block indexed the file
                 unlink_quietly(self._path(bid))
             return self._write_failed(f"index {bid}", err)
-        self._lru.add(bid, size)
+        self._lru.add(bid, size, tenant, warmed)
+        if not warmed:
+            self.quota.enforce(tenant, keep=bid)
         self._update_gauges()
         return True
 
@@ -274,19 +284,31 @@ class DiskStore:
         return None if self.space.limit >= room else self.space.disk_full(self._lru.total, room)
 
     def _shrink_to(self, target: int) -> int:
-        """Evict least recently used blocks until at most `target` bytes remain; return them."""
-        while self._lru.total > target:
-            bid = self._lru.oldest()
-            if bid is None:
-                break
-            e = self.entry(bid)
-            self._lru.remove(bid)
-            if e is not None:
-                self._delete(e)
-            self._metrics.evictions.inc()
-            self._metrics.evicted_bytes.inc(e.size if e else 0)
+        """Evict blocks in class order until at most `target` bytes remain; return them."""
+        self.quota.shrink_to(target)
         self._update_gauges()
         return self._lru.total
+
+    def _evict(self, bid: str, for_capacity: bool) -> None:
+        """Remove a block for capacity, or for its tenant's quota."""
+        e = self.entry(bid)
+        self._lru.remove(bid)
+        if e is not None:
+            self._delete(e)
+        if for_capacity:
+            self._metrics.evictions.inc()
+            self._metrics.evicted_bytes.inc(e.size if e else 0)
+
+    def claim_warmed(self, block_id: str, tenant: str) -> None:
+        """Make a stored read-through block warmed and `tenant`'s (a /_warm found or joined it).
+
+        A block warmed already stays with its holder (store/quota.py).
+        """
+        holder = self._lru.holder(block_id)
+        e = self.entry(block_id) if holder is not None and not holder[1] else None
+        if e is not None:
+            self._index_put(replace(e, tenant=tenant, warmed=True))
+            self._lru.reclass(block_id, tenant, True)
 
     def delete(self, block_id: str) -> bool:
         """Remove a block from the store; return whether it was there."""
@@ -338,10 +360,4 @@ class DiskStore:
             log.warning("block index write failed (%s; the next write reopens it): %s", what, err)
 
     def _update_gauges(self) -> None:
-        m, space = self._metrics, self.space
-        m.store_bytes.set(self._lru.total)
-        m.store_blocks.set(len(self._lru))
-        m.capacity_bytes.set(space.capacity)
-        m.effective_capacity.set(space.limit)
-        m.disk_free.set(space.free_now(self._lru.total))
-        m.disk_floor.set(space.floor_bytes)
+        self.space.report(self._metrics, self._lru.total, len(self._lru))

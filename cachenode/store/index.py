@@ -17,9 +17,14 @@ from rocksdict import Options, Rdict, WriteBatch
 log = logging.getLogger(__name__)
 _BLOCK = b"b/"  # b/<block id> -> entry
 _OBJECT = b"o/"  # o/<bucket>\0<key>\0<etag>\0<index> -> block id (scan by object prefix)
-_FORMAT = b"m/format"  # what block ids and checksums mean; see FORMAT
+_FORMAT = b"m/format"  # what block ids, checksums and entries mean; see FORMAT
 # 2: block ids cover the object size, checksums are CRC-32C (1: neither, zlib CRC-32).
-FORMAT = b"2"
+# 3: an entry also names the tenant it counts against and its class (warmed or read-through).
+FORMAT = b"3"
+# Formats whose blocks are still good: opened in place, the marker moved to FORMAT. A 2 entry
+# reads as a read-through block of nobody (''). (A node of format 2 finds 3 unknown and starts
+# empty, as it would after any newer format: a downgrade costs the cache, never a crash.)
+UPGRADES = (b"2",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +39,8 @@ class IndexEntry:
     key: str
     etag: str
     index: int
+    tenant: str = ""  # whose quota it counts against ('' = nobody)
+    warmed: bool = False  # filled or confirmed by a /_warm (else read-through)
 
     def object_key(self) -> bytes:
         """Return the secondary-index key that orders blocks by object."""
@@ -110,10 +117,14 @@ class BlockIndex:
         return index
 
     def format_is_current(self) -> bool:
-        """Return whether the index was written in FORMAT, marking an empty index as such."""
+        """Return whether the index is in FORMAT, marking an empty or upgradable one as such."""
         db = self._live()
         found = db.get(_FORMAT)
-        if found is None and next(iter(db.keys()), None) is None:
+        if (found is None and next(iter(db.keys()), None) is None) or found in UPGRADES:
+            if found is not None:
+                log.info("block index %s: format %s read as %s (entries without a tenant are "
+                         "read-through blocks of nobody)", self._path, found.decode(),
+                         FORMAT.decode())
             db.put(_FORMAT, FORMAT)
             return True
         return found == FORMAT
@@ -127,7 +138,7 @@ class BlockIndex:
         """Record a block (both the block and the object-prefix keys, in one batch)."""
         wb = WriteBatch(raw_mode=True)
         wb.put(_BLOCK + e.block_id.encode(), msgpack.packb(
-            [e.size, e.crc32c, e.atime, e.bucket, e.key, e.etag, e.index]))
+            [e.size, e.crc32c, e.atime, e.bucket, e.key, e.etag, e.index, e.tenant, e.warmed]))
         wb.put(e.object_key(), e.block_id.encode())
         self._write(wb)
 
@@ -180,5 +191,7 @@ def _os_error(what: str, e: Exception) -> OSError:
 
 
 def _decode(block_id: str, raw: bytes) -> IndexEntry:
-    size, crc, atime, bucket, key, etag, index = msgpack.unpackb(raw)
-    return IndexEntry(block_id, size, crc, atime, bucket, key, etag, index)
+    fields = msgpack.unpackb(raw)  # 7 fields in format 2; 9 since 3 (tenant, warmed)
+    size, crc, atime, bucket, key, etag, index = fields[:7]
+    tenant, warmed = (fields[7], bool(fields[8])) if len(fields) >= 9 else ("", False)
+    return IndexEntry(block_id, size, crc, atime, bucket, key, etag, index, tenant, warmed)

@@ -7,9 +7,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cachenode.config import FreeFloor
 from cachenode.errors import StoreFull
+
+if TYPE_CHECKING:
+    from cachenode.metrics import NodeMetrics
 
 DEFAULT_FLOOR = FreeFloor(5.0, 2**30)  # 5% of the filesystem, at most 1 GiB
 
@@ -83,6 +87,15 @@ class StoreSpace:
         if self.disk_limit < self.capacity:
             return StoreFull(size, self.limit, self.disk_full(committed, size))
         return StoreFull(size, self.capacity)
+
+    def report(self, m: NodeMetrics, committed: int, blocks: int) -> None:
+        """Set the store's gauges: bytes and blocks held, capacities, free space, floor."""
+        m.store_bytes.set(committed)
+        m.store_blocks.set(blocks)
+        m.capacity_bytes.set(self.capacity)
+        m.effective_capacity.set(self.limit)
+        m.disk_free.set(self.free_now(committed))
+        m.disk_floor.set(self.floor_bytes)
 
     def disk_full(self, committed: int, needed: int) -> str:
         """Return why `needed` more bytes do not fit on the disk: path, free bytes and floor."""

@@ -16,6 +16,7 @@ from cachenode.config import NodeConfig
 from cachenode.errors import OriginNotFound, PeerUnavailable
 from cachenode.fill import Filler
 from cachenode.metrics import NodeMetrics
+from cachenode.qos import NOBODY, Charge
 from cachenode.routing import Fetched, Router
 from cachenode.store.disk import DiskStore
 from cachenode.store.files import OpenBlock
@@ -46,14 +47,15 @@ class FakePeers:
         pass
 
     async def read_block(self, addr: str, ref: BlockRef, *, hops: int, epoch: int,
-                         cached_only: bool = False, timeout_s: float | None = None) -> bytes:
+                         cached_only: bool = False, timeout_s: float | None = None,
+                         charge: Charge = NOBODY) -> bytes:
         self.calls.append((addr, ref.index, cached_only))
         if addr in self._group.dead:
             raise PeerUnavailable(addr, "connection refused")
         if addr in self._group.hung:
             await asyncio.sleep(3600 if timeout_s is None else timeout_s)
             raise PeerUnavailable(addr, "timed out")
-        got = await self._group.nodes[addr].router.read_block(ref, hops, cached_only)
+        got = await self._group.nodes[addr].router.read_block(ref, hops, cached_only, charge)
         if isinstance(got, Fetched):
             return got.data
         try:  # a disk hit: checked against its CRC-32C when opened, sent as a file
@@ -277,3 +279,37 @@ def test_the_client_skips_members_with_another_block_size() -> None:
                "c": Member("c", "h:5", "h:6", block_size=2 * BS)}
     view = _same_block_size(members, BS, 7)
     assert set(view.members) == {"a", "b"} and view.block_size == BS and view.epoch == 7
+
+
+@pytest.mark.asyncio
+async def test_a_fill_is_charged_on_the_owner_and_its_budget_is_never_failed_over(
+        group: Group) -> None:
+    from cachenode.access import TenantLimits
+    from cachenode.errors import TenantThrottled
+    from cachenode.limits import NodeLimits
+    from cachenode.qos import TenantGate
+    from tests.fakes import FakeTenants
+
+    tenants = FakeTenants({"z": TenantLimits(origin_bytes_per_s=BS // 8)})  # 8 s a block
+    for n in group.nodes.values():
+        n.filler.gate = TenantGate(NodeLimits(tenants, lambda: 1.0), BS, n.metrics)
+    meta, _ = obj(group, 24 * BS)  # enough blocks that some owner has two (ETags are random)
+    refs = [BlockRef(meta, i, BS) for i in range(24)]
+    a = group.nodes["a"]
+    remote = [r for r in refs if a.router.owners(r)[0] != "a"]
+    first, second = [r for r in remote if a.router.owners(r)[0] == a.router.owners(remote[0])[0]
+                     ][:2]
+    owner = a.router.owners(first)[0]
+    got = await a.router.read_block(first, charge=Charge("z"))  # the owner's burst
+    assert isinstance(got, Fetched) and got.source == "peer"
+    await group.flush()
+    e = group.nodes[owner].store.entry(first.block_id)
+    assert e is not None and (e.tenant, e.warmed) == ("z", False)  # z's, on the owner
+    gets, calls = group.gets(), len(a.peers.calls)
+    with pytest.raises(TenantThrottled) as err:
+        await a.router.read_block(second, charge=Charge("z"))
+    assert err.value.tenant == "z"
+    assert a.peers.calls[calls:] == [(owner, second.index, False)]  # no second owner asked
+    assert group.gets() == gets  # nor any fill here
+    data = await a.read(second)  # nobody's read is not z's budget
+    assert len(data) == BS

@@ -492,3 +492,37 @@ async def test_scrub_drops_cold_corrupt_blocks_at_its_rate_and_leaves_hot_ones(
         assert metrics.value("blockcache_scrub_passes_total") == 1
     finally:
         store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_format_2_index_is_upgraded_in_place_its_blocks_nobodys_read_through(
+        tmp_path: Path, metrics: NodeMetrics) -> None:
+    import msgpack
+    from rocksdict import Options, Rdict
+
+    s = DiskStore(tmp_path, 8 * BS, metrics)
+    s.open()
+    r, w = ref("old"), ref("warm")
+    await s.put(r, payload(r))
+    await s.put(w, payload(w), tenant="a", warmed=True)
+    s.close()
+    opts = Options(raw_mode=True)
+    db = Rdict(str(tmp_path / "index"), opts)  # rewrite it as format 2 wrote it: 7 fields
+    raw = msgpack.unpackb(db[b"b/" + r.block_id.encode()])
+    assert raw[7:] == ["", False]
+    db[b"b/" + r.block_id.encode()] = msgpack.packb(raw[:7])
+    db[b"m/format"] = b"2"
+    db.close()
+    s = DiskStore(tmp_path, 8 * BS, metrics)
+    s.open()
+    try:
+        old = s.entry(r.block_id)
+        assert old is not None and (old.tenant, old.warmed) == ("", False)
+        warm = s.entry(w.block_id)
+        assert warm is not None and (warm.tenant, warm.warmed) == ("a", True)
+        assert s.quota.rows() == [("", 0, BS, None), ("a", BS, 0, None)]
+    finally:
+        s.close()
+    db = Rdict(str(tmp_path / "index"), opts)
+    assert db[b"m/format"] == b"3"
+    db.close()

@@ -276,7 +276,7 @@ async def test_per_block_failures_do_not_fail_the_request(
     assert not node.stored(old, 1) and node.stored(good, 0)
     assert node.metric("blockcache_warm_blocks_total", result="failed") == 2
 
-    async def full(ref: BlockRef, data: bytes) -> None:
+    async def full(ref: BlockRef, data: bytes, tenant: str = "", warmed: bool = False) -> None:
         raise StoreFull(len(data), 64 * BS)
 
     monkeypatch.setattr(node.node.store, "put", full)

@@ -70,3 +70,23 @@ async def test_a_waiter_cancelled_after_its_entry_was_dropped_leaves_quietly() -
     with pytest.raises(asyncio.CancelledError):
         await waiter  # not ValueError from removing the entry twice
     assert b.used == 0 and not b._waiters
+
+
+@pytest.mark.asyncio
+async def test_a_tenants_part_waits_on_its_own_cap_holding_nothing_of_the_nodes() -> None:
+    from cachenode.budget import TenantBudget
+
+    node = MemoryBudget(10, wait_s=5)
+    b = TenantBudget(MemoryBudget(4, wait_s=0.05), node)
+    assert b.try_take(3) and not b.try_take(3)  # over its cap, though the node has room
+    assert node.used == 3
+    with pytest.raises(Overloaded):
+        await b.take(3)  # waited on its own cap only
+    assert node.used == 3 and node.try_take(7)  # the rest of the node stays for the others
+    assert not b.try_take(1)  # the node is full now
+    node.give(7)
+    b.give(3)
+    await b.take(4)
+    assert node.used == 4
+    b.give(4)
+    assert node.used == 0

@@ -216,3 +216,12 @@ def test_the_same_warmup_is_the_same_prefix_model_sites_and_verify() -> None:
                   {"pattern": "bk/{model}/{version}"}):
         body = {"prefix": "s3://bk/m/v2/", "sites": ["hz", "fra"], "id": "j", **other}
         assert not same_warmup(a, job_of(body, "{model}/{version}")), other
+
+
+def test_a_tenants_warm_request_names_the_tenant() -> None:
+    from cachenode.blocks import ObjectMeta
+    from coordinator.planner import block_tasks, warm_request
+
+    tasks = block_tasks([ObjectMeta("b", "m/v1/x", 10, '"e"')], 4)
+    assert "tenant" not in warm_request(tasks, 4, False)  # an admin's job: nobody's blocks
+    assert warm_request(tasks, 4, False, "team-a")["tenant"] == "team-a"
