@@ -161,6 +161,13 @@ class CacheClient:
         return ObjectInfo(bucket, key, int(headers["Content-Length"]), headers["ETag"],
                           email.utils.parsedate_to_datetime(lm).timestamp() if lm else 0.0)
 
+    async def revalidate(self, info: ObjectInfo, timeout_s: float | None = None) -> None:
+        """Check that the object still has the pinned ETag (a HEAD with If-Match through a
+        node): ObjectChanged if not, NotFound if it is gone, Unavailable if nobody answers."""
+        async with asyncio.timeout(timeout_s):
+            view = await self._current()
+            await self._fetch(self._spread(view, f"{info.bucket}/{info.key}"), "HEAD", info, None)
+
     async def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Yield the objects under `prefix` (listed by a node from origin), page by page."""
         view = await self._current()
