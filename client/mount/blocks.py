@@ -2,11 +2,12 @@
 
 The kernel asks for at most 1 MiB at a time; a block is 4 MiB, so each fetched block is kept
 for the reads that follow (and for other processes reading the same file). Every block in
-memory or on its way counts against `budget` bytes (--memory). A read that needs a block
-(demand) evicts the least recently used blocks that have arrived, and waits for fetches in
-flight when nothing else can go. Read-ahead only takes room that is free or held by blocks
-that were already read, and leaves `reserve` bytes to demand reads: it never pushes out a block
-another reader has yet to read, and it never holds up a demand read for long.
+memory or on its way counts against `budget` bytes (--memory). A block is *spent* once as many
+bytes were read from it as it holds (the page cache has them now). A read that needs a block
+(demand) evicts arrived blocks, least recently used first: spent ones, then ones already read
+from, then read-ahead nobody read yet; and waits for fetches in flight when nothing can go.
+Read-ahead only takes room that is free or held by spent blocks, and leaves `reserve` bytes to
+demand reads: it never pushes out a block a reader is still in, and never holds one up long.
 """
 
 from __future__ import annotations
@@ -33,6 +34,16 @@ class _Entry:
     size: int
     prefetched: bool
     read: bool = False
+    served: int = 0  # bytes read from it, by anyone
+
+    def spent(self) -> bool:
+        return self.task.done() and self.served >= self.size
+
+    def touched(self) -> bool:
+        return self.task.done() and self.read
+
+    def arrived(self) -> bool:
+        return self.task.done()
 
 
 class Blocks:
@@ -64,11 +75,13 @@ class Blocks:
         for i in range(last + 1, min(last + ahead, (v.size - 1) // bs) + 1):
             self._prefetch(v, i)
         parts = [await self._wait(e) for e in entries]
+        for i, e in zip(range(first, last + 1), entries, strict=True):
+            e.served += min(end, (i + 1) * bs) - max(off, i * bs)
         self._stats.memory_hits += hit
         if len(parts) == 1:
             return parts[0][off - first * bs:end - first * bs]
-        joined = b"".join(parts)
-        return joined[off - first * bs:end - first * bs]
+        return b"".join(memoryview(p)[max(off, i * bs) - i * bs:min(end, (i + 1) * bs) - i * bs]
+                        for i, p in zip(range(first, last + 1), parts, strict=True))
 
     async def close(self) -> None:
         """Cancel every fetch in flight and let go of every block."""
@@ -93,7 +106,7 @@ class Blocks:
                 e.read = True
                 return e, False
             need = self._size(v, i)
-            if self._make_room(need, read_only=False):
+            if self._make_room(need, (_Entry.spent, _Entry.touched, _Entry.arrived)):
                 return self._start(v, i, need, prefetched=False), True
             flying = [x.task for x in self._entries.values() if not x.task.done()]
             if not flying:  # cannot happen with a budget of 2 blocks or more
@@ -104,24 +117,24 @@ class Blocks:
         if (v.ino, i) in self._entries or self._closed:
             return
         need = self._size(v, i)
-        if not self._make_room(need + self.reserve, read_only=True):
+        if not self._make_room(need + self.reserve, (_Entry.spent,)):
             self._stats.readahead_skipped += 1
             return
         self._stats.readahead_started += 1
         self._start(v, i, need, prefetched=True)
 
-    def _make_room(self, need: int, read_only: bool) -> bool:
-        """Evict arrived blocks, least recently used first (only blocks already read if
-        `read_only`), until `need` more bytes fit; return whether they do."""
-        if self.used + need <= self.budget:
-            return True
-        for k, e in list(self._entries.items()):
-            if not e.task.done() or (read_only and not e.read):
-                continue
-            self._drop(k, e)
+    def _make_room(self, need: int, tiers: tuple[Callable[[_Entry], bool], ...]) -> bool:
+        """Evict blocks, least recently used first, tier by tier, until `need` more bytes
+        fit; return whether they do."""
+        for evictable in tiers:
             if self.used + need <= self.budget:
                 return True
-        return False
+            for k, e in list(self._entries.items()):
+                if evictable(e):
+                    self._drop(k, e)
+                    if self.used + need <= self.budget:
+                        return True
+        return self.used + need <= self.budget
 
     def _start(self, v: FileVersion, i: int, size: int, prefetched: bool) -> _Entry:
         task = asyncio.ensure_future(self._fetch(v, i))

@@ -110,6 +110,8 @@ class Namespace:
                 self._directory(split[0])
             else:
                 files.append((split[0], o))
+        for parts, _ in files:
+            self._directory(parts[:-1])
         for parts, o in files:  # after every directory, so a name that is both stays a dir
             parent = self._directory(parts[:-1])
             name = parts[-1].encode()
