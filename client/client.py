@@ -244,12 +244,13 @@ class CacheClient:
                 self._mark_down(m, e)
                 errors.append(f"{m.id}: {e or type(e).__name__}")
                 continue
-            text = body.decode("utf-8", "replace") or got.get("X-Blockcache-Reason", "")
             if status in (200, 206):
                 if info.etag and got.get("ETag") != info.etag:
                     errors.append(f"{m.id}: sent ETag {got.get('ETag')}")
                     continue  # that node knows another version: ask the next
                 return got, body
+            # only an error body is text (decoding a 4 MiB block took most of a read's CPU)
+            text = body.decode("utf-8", "replace") or got.get("X-Blockcache-Reason", "")
             if status == 503:
                 errors.append(f"{m.id}: HTTP 503 {_reason(text)}")
                 continue

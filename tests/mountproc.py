@@ -3,6 +3,7 @@ mount is in the mount table, stop it with SIGTERM or kill -9, and always leave n
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -14,7 +15,14 @@ from pathlib import Path
 from client.mount.mountpoint import FSTYPE, detach, find_mount
 from tests.servers import ChildProcess
 
+PR_SET_PDEATHSIG = 1
 CACHECTL = str(Path(sys.executable).parent / "cachectl")
+
+
+def _term_with_parent() -> None:
+    """Have the kernel send SIGTERM to the mount when the test process dies (even of a
+    signal, when no finally runs), so no mount outlives its test."""
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class MountProcess(ChildProcess):
@@ -39,7 +47,8 @@ class MountProcess(ChildProcess):
         before = find_mount(str(self.mountpoint))
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_term_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             now = find_mount(str(self.mountpoint))

@@ -59,9 +59,10 @@ class Blocks:
         self._closed = False
         stats.memory_budget_bytes = budget
 
-    async def read(self, v: FileVersion, off: int, size: int, ahead: int = 0) -> bytes:
-        """Return bytes [off, off+size) of `v` (fewer at its end); start fetching `ahead`
-        blocks after the last one it touches."""
+    async def read(self, v: FileVersion, off: int, size: int, ahead: int = 0
+                   ) -> bytes | memoryview:
+        """Return bytes [off, off+size) of `v` (fewer at its end; a view into the block when
+        one block holds them all); start fetching `ahead` blocks after the last one."""
         end = min(v.size, off + size)
         if off >= end:
             return b""
@@ -78,8 +79,8 @@ class Blocks:
         for i, e in zip(range(first, last + 1), entries, strict=True):
             e.served += min(end, (i + 1) * bs) - max(off, i * bs)
         self._stats.memory_hits += hit
-        if len(parts) == 1:
-            return parts[0][off - first * bs:end - first * bs]
+        if len(parts) == 1:  # no copy: FUSE copies it into the kernel's page cache
+            return memoryview(parts[0])[off - first * bs:end - first * bs]
         return b"".join(memoryview(p)[max(off, i * bs) - i * bs:min(end, (i + 1) * bs) - i * bs]
                         for i, p in zip(range(first, last + 1), parts, strict=True))
 

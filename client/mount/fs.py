@@ -195,7 +195,8 @@ class MountFs(pyfuse3.Operations):
             self.stats.unvalidated_opens += 1
 
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int  # type: ignore[override]
+                   ) -> bytes | memoryview:  # pyfuse3 takes any buffer (PyObject_GetBuffer)
         f = self.files.get(fh)
         if f is None:
             raise pyfuse3.FUSEError(errno.EBADF)

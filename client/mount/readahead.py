@@ -2,10 +2,11 @@
 
 Each open file has a `Stream`. A read that starts within `slack` bytes of where the previous
 one ended continues the run (the kernel's own read-ahead sends several requests at once, so
-they may arrive a little out of order); any other read starts a new run. Once a run covers a
-whole block the reader is sequential: it gets `first` blocks of read-ahead, doubled each time
-it enters a new block, up to `most`. A random reader (a safetensors header, then a few tensors)
-never gets any, so it fetches only the blocks it touches.
+they may arrive a little out of order); any other read starts a new run. Once a run is longer
+than the kernel's own read-ahead plus a block (one page fault of an mmap reader already reads
+`slack` bytes around it in one go) the reader is sequential: it gets `first` blocks of
+read-ahead, doubled each time it enters a new block, up to `most`. A random reader (a
+safetensors header, then a few tensors) never gets any: it fetches only the blocks it touches.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Stream:
             self.start, self.end = min(self.start, off), max(self.end, off + size)
         else:
             self.start, self.end, self.block, self.ahead = off, off + size, -1, 0
-        if self.most <= 0 or self.end - self.start < self.block_size:
+        if self.most <= 0 or self.end - self.start <= self.slack + self.block_size:
             return 0
         last = (off + size - 1) // self.block_size
         if last > self.block:

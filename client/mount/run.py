@@ -7,9 +7,12 @@ CacheClient's block reads, the listing refresh and the --metrics server.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -38,13 +41,30 @@ MiB = 2**20
 
 def _notify_closing(fd: int) -> None:
     """Fail the waits on the FUSE fd, as pyfuse3.asyncio's own does, but skip a wait that has
-    already ended (its version raises InvalidStateError then, and terminate() fails)."""
+    already ended (its version raises InvalidStateError then, and terminate() fails), and stop
+    watching the fd first (else its reader callback may still resolve a failed wait)."""
+    asyncio.get_running_loop().remove_reader(fd)
     for f in list(pyfuse3.asyncio._read_futures.get(fd, ())):
         if not f.done():
             f.set_exception(pyfuse3.asyncio.ClosedResourceError())
 
 
 pyfuse3.asyncio.notify_closing = _notify_closing
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def tune_malloc() -> None:
+    """Serve 4 MiB block buffers from the heap, not fresh mmaps that page-fault on every fill
+    (as cachenode/__main__.py does for the node: the same 4 MiB buffers, the same cure)."""
+    name = ctypes.util.find_library("c")
+    if not sys.platform.startswith("linux") or not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        libc.mallopt(M_MMAP_THRESHOLD, 32 * MiB)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 * MiB)
+    except (OSError, AttributeError):
+        pass  # not glibc: keep its defaults
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +196,7 @@ def install_signals(fs: MountFs, blocks: Blocks, probe: PageCacheProbe, where: s
 async def mount(client: CacheClient, opts: MountOptions, err: IO[str]) -> int:
     """Mount s3://bucket/prefix read-only on opts.mountpoint and serve it until unmounted."""
     mountpoint.prepare(opts.mountpoint)
+    tune_malloc()
     stats = Stats()
     ns = Namespace(opts.prefix)
     await relist(client, ns, opts, stats)

@@ -54,6 +54,7 @@ async def test_concurrent_readers_of_a_block_cause_one_fetch_and_slices_are_exac
     b = Blocks(g, BS, 8 * BS, Stats())
     v = version("k", len(data))
     got = await asyncio.gather(*(b.read(v, 100 + i, 3 * BS) for i in range(10)))
+    assert bytes(await b.read(v, 5, 10)) == data[5:15]
     assert got == [data[100 + i:100 + i + 3 * BS] for i in range(10)]
     assert sorted(g.fetches) == [("k", 0), ("k", 1), ("k", 2), ("k", 3)]
     assert await b.read(v, 10 * BS + 10, BS) == data[10 * BS + 10:]  # short at the end
