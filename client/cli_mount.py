@@ -42,9 +42,10 @@ def add_command(sub: Any) -> None:
     m.add_argument("--list-ttl", type=parse_duration, default=parse_duration("30s"),
                    help="how often the prefix is listed again; also the kernel's entry "
                    "timeout [default 30s]")
-    m.add_argument("--kernel-readahead", type=parse_size, default=parse_size("4MiB"),
+    m.add_argument("--kernel-readahead", type=parse_size, default=parse_size("1MiB"),
                    help="the kernel's read-ahead on the mount (its bdi read_ahead_kb; needs "
-                   "root; 0 = leave it) [default 4MiB]")
+                   "root; 0 = leave it; it is also what one mmap page fault reads around "
+                   "itself) [default 1MiB]")
     m.add_argument("--metrics", default="", metavar="HOST:PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics")
     m.add_argument("--allow-other", action="store_true",
@@ -83,20 +84,18 @@ async def run(args: argparse.Namespace, out: IO[str],
 
 def background(args: argparse.Namespace, out: IO[str]) -> int:
     """Start this command again with --foreground, detached; return once it has mounted."""
-    from client.mount.mountpoint import FSTYPE, find_mount
+    from client.mount.mountpoint import is_live
 
     where = os.path.abspath(args.mountpoint)
     log_file = args.log_file or ("/tmp/cachectl-mount-"
                                  f"{hashlib.sha256(where.encode()).hexdigest()[:12]}.log")
-    before = find_mount(where)
     with open(log_file, "ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "client.cli", *args.argv, "--foreground"],
                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     deadline = time.monotonic() + MOUNT_WAIT_S
     while time.monotonic() < deadline:
-        now = find_mount(where)
-        if now is not None and now.fstype == FSTYPE and now != before:
+        if is_live(where):
             out.write(f"mounted {args.url} on {where} (pid {proc.pid}, log {log_file}); "
                       f"unmount with: fusermount3 -u {where}\n")
             return 0

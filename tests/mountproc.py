@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.mount.mountpoint import FSTYPE, detach, find_mount
+from client.mount.mountpoint import FSTYPE, detach, find_mount, is_live
 from tests.servers import ChildProcess
 
 PR_SET_PDEATHSIG = 1
@@ -43,16 +43,17 @@ class MountProcess(ChildProcess):
 
     def start(self, timeout_s: float = 30.0) -> MountProcess:
         """Start the mount and wait until it is in the mount table."""
-        self.mountpoint.mkdir(parents=True, exist_ok=True)
-        before = find_mount(str(self.mountpoint))
+        try:
+            self.mountpoint.mkdir(parents=True)
+        except OSError:
+            pass  # there already (perhaps a stale mount, which the mount recovers)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.command(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
                                          preexec_fn=_term_with_parent)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            now = find_mount(str(self.mountpoint))
-            if now is not None and now.fstype == FSTYPE and now != before:
+            if is_live(str(self.mountpoint)):
                 return self
             if self.proc.poll() is not None:
                 raise RuntimeError(f"mount exited with {self.proc.returncode}: {self.log()}")

@@ -25,6 +25,7 @@ FSTYPE = "fuse.blockcache"
 class MountEntry:
     """One line of /proc/self/mountinfo."""
 
+    mount_id: int  # unique while mounted (a device number is reused at once)
     device: str  # "major:minor"
     path: str
     fstype: str
@@ -51,7 +52,8 @@ def parse_mountinfo(text: str) -> list[MountEntry]:
         fields = left.split()
         if not sep or len(fields) < 5:
             continue
-        entries.append(MountEntry(fields[2], _unescape(fields[4]), right.split()[0]))
+        entries.append(MountEntry(int(fields[0]), fields[2], _unescape(fields[4]),
+                                  right.split()[0]))
     return entries
 
 
@@ -63,6 +65,18 @@ def find_mount(path: str) -> MountEntry | None:
         if e.path == path:
             found = e
     return found
+
+
+def is_live(path: str) -> bool:
+    """Return whether a blockcache mount on `path` answers (a stale one fails with ENOTCONN)."""
+    e = find_mount(path)
+    if e is None or e.fstype != FSTYPE:
+        return False
+    try:
+        os.statvfs(path)  # never answered from the kernel's attribute cache
+    except OSError:
+        return False
+    return True
 
 
 def detach(path: str) -> None:
@@ -80,20 +94,19 @@ def detach(path: str) -> None:
 def prepare(path: str) -> None:
     """Make `path` ready to mount on: an empty-or-not directory, no live mount, no stale one."""
     try:
-        st = os.stat(path)
+        os.statvfs(path)  # a stat may be answered from cached attributes, a statfs never
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             raise ClientError(f"mount point {path}: {e.strerror}") from None
         log.warning("mount point %s is a stale mount (Transport endpoint is not connected): "
                     "its process died; unmounting it", path)
         detach(path)
-        st = os.stat(path)
     else:
         mounted = find_mount(path)
         if mounted is not None and mounted.fstype == FSTYPE:
             raise ClientError(f"{path} is already mounted by a running cachectl mount; "
                               f"unmount it first (fusermount3 -u {path})")
-    if not os.path.isdir(path) or not st:
+    if not os.path.isdir(path):
         raise ClientError(f"mount point {path} is not a directory")
 
 

@@ -78,7 +78,7 @@ class MountOptions:
     readahead_blocks: int = 8
     read_timeout_s: float = 30.0
     list_ttl_s: float = 30.0
-    kernel_readahead_bytes: int = 4 * MiB
+    kernel_readahead_bytes: int = MiB
     metrics: str = ""  # host:port
     allow_other: bool = False
     debug_fuse: bool = False
@@ -176,8 +176,9 @@ def install_signals(fs: MountFs, blocks: Blocks, probe: PageCacheProbe, where: s
     async def stop(name: str) -> None:
         names = fs.open_names()
         if names:
-            log.warning("%s: unmounting %s with %d file(s) open (%s): their next reads fail "
-                        "with ENOTCONN (Transport endpoint is not connected)", name, where,
+            log.warning("%s: unmounting %s with %d file(s) open (%s): what they read next "
+                        "is served from the page cache or fails with ENOTCONN (Transport "
+                        "endpoint is not connected)", name, where,
                         len(names), ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
         else:
             log.info("%s: unmounting %s", name, where)

@@ -93,5 +93,6 @@ def test_mountinfo_lines_give_device_path_and_type() -> None:
             "ro,user_id=0\n"
             "40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n")
     entries = parse_mountinfo(text)
-    assert [(e.device, e.path, e.fstype) for e in entries] == [
-        ("98:0", "/mnt/a b", "fuse.blockcache"), ("0:37", "/sys/fs/cgroup/systemd", "cgroup")]
+    assert [(e.mount_id, e.device, e.path, e.fstype) for e in entries] == [
+        (36, "98:0", "/mnt/a b", "fuse.blockcache"),
+        (40, "0:37", "/sys/fs/cgroup/systemd", "cgroup")]
