@@ -92,9 +92,12 @@ def detach(path: str) -> None:
 
 
 def prepare(path: str) -> None:
-    """Make `path` ready to mount on: an empty-or-not directory, no live mount, no stale one."""
+    """Make `path` ready to mount on: a directory (made if missing), no live blockcache mount
+    on it, no stale one."""
     try:
         os.statvfs(path)  # a stat may be answered from cached attributes, a statfs never
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             raise ClientError(f"mount point {path}: {e.strerror}") from None
