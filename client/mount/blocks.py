@@ -3,11 +3,12 @@
 The kernel asks for at most 1 MiB at a time; a block is 4 MiB, so each fetched block is kept
 for the reads that follow (and for other processes reading the same file). Every block in
 memory or on its way counts against `budget` bytes (--memory). A block is *spent* once as many
-bytes were read from it as it holds (the page cache has them now). A read that needs a block
-(demand) evicts arrived blocks, least recently used first: spent ones, then ones already read
-from, then read-ahead nobody read yet; and waits for fetches in flight when nothing can go.
-Read-ahead only takes room that is free or held by spent blocks, and leaves `reserve` bytes to
-demand reads: it never pushes out a block a reader is still in, and never holds one up long.
+bytes were read from it as it holds: the page cache has them now, so it is let go at once
+(its memory is reused by the next fetch, warm: fresh memory would cost a page fault per 4 KiB).
+A read that needs a block (demand) evicts arrived blocks, least recently used first: ones
+already read from, then read-ahead nobody read yet; and waits for fetches in flight when
+nothing can go. Read-ahead only takes room that is free, and leaves `reserve` bytes to demand
+reads: it never pushes out a block a reader is still in, and never holds one up long.
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ class Blocks:
         parts = [await self._wait(e) for e in entries]
         for i, e in zip(range(first, last + 1), entries, strict=True):
             e.served += min(end, (i + 1) * bs) - max(off, i * bs)
+            if e.spent():  # the page cache has it all now: its memory is reused at once
+                self._drop((v.ino, i), e)
         self._stats.memory_hits += hit
         if len(parts) == 1:  # no copy: FUSE copies it into the kernel's page cache
             return memoryview(parts[0])[off - first * bs:end - first * bs]

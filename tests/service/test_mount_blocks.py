@@ -53,10 +53,15 @@ async def test_concurrent_readers_of_a_block_cause_one_fetch_and_slices_are_exac
     g = FakeGroup({"k": data}, delay_s=0.01)
     b = Blocks(g, BS, 8 * BS, Stats())
     v = version("k", len(data))
-    got = await asyncio.gather(*(b.read(v, 100 + i, 3 * BS) for i in range(10)))
-    assert bytes(await b.read(v, 5, 10)) == data[5:15]
-    assert got == [data[100 + i:100 + i + 3 * BS] for i in range(10)]
+    piece = 3 * BS // 10 + 1  # disjoint pieces, as the kernel asks (pages it lacks)
+    got = await asyncio.gather(*(b.read(v, 100 + i * piece, piece) for i in range(10)))
+    assert got == [data[100 + i * piece:100 + (i + 1) * piece] for i in range(10)]
     assert sorted(g.fetches) == [("k", 0), ("k", 1), ("k", 2), ("k", 3)]
+    assert bytes(await b.read(v, 5, 10)) == data[5:15]  # block 0 is not all read: kept
+    assert len(g.fetches) == 4
+    assert await b.read(v, 0, 5) == data[:5]
+    assert await b.read(v, 15, 85) == data[15:100]  # now all read: let go
+    assert (2, 0) not in b._entries and (2, 3) in b._entries  # 1 and 2 went at once
     assert await b.read(v, 10 * BS + 10, BS) == data[10 * BS + 10:]  # short at the end
     assert await b.read(v, len(data), BS) == b""
     assert await b.read(version("empty", 0, ino=3), 0, BS) == b""
