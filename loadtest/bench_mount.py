@@ -152,14 +152,16 @@ class Bench:
         procs = {"nodes": [n.proc.pid for n in self.group.nodes if n.proc],
                  "mount": [self.mount.proc.pid] if self.mount and self.mount.proc else []}
         cpu0 = {k: sum(h.cpu_seconds(p) for p in v) for k, v in procs.items()}
+        me0 = h.self_cpu_seconds()
         busy0, foreign = h.machine_busy_seconds(), h.ForeignLoad().start()
         t0 = time.monotonic()
         n = run()
         wall = time.monotonic() - t0
         out = {"phase": phase, "mode": mode, "seconds": round(wall, 3), "bytes": n,
                "gibps": round(n / GiB / wall, 3),
-               "cpu_s": {k: round(sum(h.cpu_seconds(p) for p in v) - cpu0[k], 2)
-                         for k, v in procs.items()},
+               "cpu_s": {**{k: round(sum(h.cpu_seconds(p) for p in v) - cpu0[k], 2)
+                            for k, v in procs.items()},
+                         "reader": round(h.self_cpu_seconds() - me0, 2)},
                "machine_busy": round((h.machine_busy_seconds() - busy0) / (h.NCPU * wall), 2),
                "foreign_cpu_s": round(foreign.stop(), 2), "foreign_top": foreign.top}
         log(f"{mode:<4} {phase:<16} {wall:6.2f}s {out['gibps']:6.3f} GiB/s  cpu {out['cpu_s']}"
@@ -220,16 +222,16 @@ def ratios(phases: list[dict[str, Any]]) -> dict[str, float]:
 
 def print_table(out: dict[str, Any]) -> None:
     print(f"\n{'phase':<17} {'seq s':>7} {'GiB/s':>6} {'load s':>7} {'GiB/s':>6}   "
-          f"{'mount/nodes CPU-s (seq; load)':>30} {'machine':>8} {'foreign CPU-s':>13}")
+          f"{'CPU-s mount/nodes/reader (seq; load)':>37} {'machine':>8} {'foreign CPU-s':>13}")
     for r in range(out["meta"]["repeat"]):
         for phase in PHASES:
             rows = {p["mode"]: p for p in out["phases"] if p["phase"] == phase
                     and p["round"] == r}
             s, ld = rows["seq"], rows["load"]
-            cpu = (f"{s['cpu_s']['mount']:.1f}/{s['cpu_s']['nodes']:.1f}; "
-                   f"{ld['cpu_s']['mount']:.1f}/{ld['cpu_s']['nodes']:.1f}")
+            cpu = "; ".join(f"{r['cpu_s']['mount']:.1f}/{r['cpu_s']['nodes']:.1f}/"
+                            f"{r['cpu_s'].get('reader', 0):.1f}" for r in (s, ld))
             print(f"{phase:<17} {s['seconds']:>7.2f} {s['gibps']:>6.2f} {ld['seconds']:>7.2f} "
-                  f"{ld['gibps']:>6.2f}   {cpu:>30} {s['machine_busy']:>4.0%}/"
+                  f"{ld['gibps']:>6.2f}   {cpu:>37} {s['machine_busy']:>4.0%}/"
                   f"{ld['machine_busy']:<3.0%} {s['foreign_cpu_s']:>6.1f}/{ld['foreign_cpu_s']:.1f}")
     print()
     for k, v in out["ratios"].items():
