@@ -241,6 +241,22 @@ def print_table(out: dict[str, Any]) -> None:
           f"{m['cpus']} CPUs, load average before {m['loadavg_before']}")
 
 
+def run_rounds(args: argparse.Namespace, tmp: Path, size: int, out: dict[str, Any]) -> None:
+    """Start the servers, upload the shard, run every round, stop the servers."""
+    bench = None
+    try:
+        bench = Bench(tmp, size)
+        bench.mount_args = args.mount_args.split()
+        log(f"uploading a {size // MiB} MiB safetensors shard")
+        bench.upload()
+        for r in range(args.repeat):
+            for mode in args.modes.split(","):
+                out["phases"] += [{**ph, "round": r} for ph in bench.workload(mode)]
+    finally:
+        if bench is not None:
+            bench.close()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -262,20 +278,11 @@ def main() -> int:
     out: dict[str, Any] = {"meta": {"size": size, "repeat": args.repeat, "cpus": h.NCPU,
                                     "python": platform.python_version(),
                                     "loadavg_before": os.getloadavg()[0]}, "phases": []}
-    bench = None
     try:
-        bench = Bench(tmp, size)
-        bench.mount_args = args.mount_args.split()
-        log(f"uploading a {size // MiB} MiB safetensors shard")
-        bench.upload()
-        for r in range(args.repeat):
-            for mode in args.modes.split(","):
-                out["phases"] += [{**ph, "round": r} for ph in bench.workload(mode)]
-    except BaseException as e:  # noqa: BLE001 - reported by exit_code, servers stopped below
+        run_rounds(args, tmp, size, out)
+    except BaseException as e:  # noqa: BLE001 - reported by exit_code, servers stopped
         failed = e
     finally:
-        if bench is not None:
-            bench.close()
         if not args.keep_tmp:
             shutil.rmtree(tmp, ignore_errors=True)
     if failed is None:

@@ -113,6 +113,7 @@ class MountFs(pyfuse3.Operations):
     @guarded
     async def lookup(self, parent_inode: int, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """Return the attributes of `name` in a directory (a miss is cached --list-ttl)."""
         node = self.ns.lookup(parent_inode, name)
         if node is None:
             e = pyfuse3.EntryAttributes()  # st_ino 0: the kernel keeps the miss a while
@@ -123,15 +124,18 @@ class MountFs(pyfuse3.Operations):
         return self.attributes(node)
 
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        """Let go of the kernel's lookups of these inodes."""
         for ino, n in inode_list:
             self.ns.forget(ino, n)
 
     @guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        """Return an inode's attributes."""
         return self.attributes(self._node(inode))
 
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        """Open a directory: a snapshot of its entries, so a relisting skips none."""
         d = self._node(inode)
         if not isinstance(d, Directory):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
@@ -141,6 +145,7 @@ class MountFs(pyfuse3.Operations):
 
     @guarded
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        """Send entries of an open directory from `start_id` on, as many as fit."""
         entries = self._dirs.get(fh, [])
         for i in range(start_id, len(entries)):
             name, ino = entries[i]
@@ -152,10 +157,12 @@ class MountFs(pyfuse3.Operations):
             self.ns.looked_up(ino)
 
     async def releasedir(self, fh: int) -> None:
+        """Close an open directory."""
         self._dirs.pop(fh, None)
 
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        """Open a file read-only, pinned to its version (EROFS for any write)."""
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         v = self._node(inode)
@@ -197,6 +204,7 @@ class MountFs(pyfuse3.Operations):
     @guarded
     async def read(self, fh: int, off: int, size: int  # type: ignore[override]
                    ) -> bytes | memoryview:  # pyfuse3 takes any buffer (PyObject_GetBuffer)
+        """Return bytes of an open file's version; EIO within --read-timeout if unservable."""
         f = self.files.get(fh)
         if f is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -229,11 +237,13 @@ class MountFs(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EIO)
 
     async def release(self, fh: int) -> None:
+        """Close an open file."""
         self.files.pop(fh, None)
         self.stats.open_files = len(self.files)
 
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        """Return the mount's size (the listed bytes) and file count, none free."""
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = (self.ns.bytes + 4095) // 4096

@@ -143,7 +143,10 @@ async def metrics_server(addr: str, stats: Stats, probe: PageCacheProbe) -> Asyn
     await runner.setup()
     host, _, port = addr.rpartition(":")
     try:
-        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        try:
+            await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+        except (OSError, ValueError) as e:
+            raise ClientError(f"--metrics {addr}: {e}") from None
         yield
     finally:
         await runner.cleanup()
@@ -194,11 +197,8 @@ def install_signals(fs: MountFs, blocks: Blocks, probe: PageCacheProbe, where: s
         loop.add_signal_handler(sig, on_signal, sig.name)
 
 
-async def mount(client: CacheClient, opts: MountOptions, err: IO[str]) -> int:
-    """Mount s3://bucket/prefix read-only on opts.mountpoint and serve it until unmounted."""
-    mountpoint.prepare(opts.mountpoint)
-    tune_malloc()
-    stats = Stats()
+async def build(client: CacheClient, opts: MountOptions, stats: Stats) -> MountFs:
+    """Return the file system over a first listing of the prefix (ClientError if empty)."""
     ns = Namespace(opts.prefix)
     await relist(client, ns, opts, stats)
     if not ns.files:
@@ -207,18 +207,32 @@ async def mount(client: CacheClient, opts: MountOptions, err: IO[str]) -> int:
     bs = client.view.block_size
     fetch = GroupFetch(client, opts.bucket, bs, opts.read_timeout_s, stats)
     blocks = Blocks(fetch, bs, opts.memory_bytes, stats)
-    fs = MountFs(ns, blocks, fetch, client, FsOptions(
+    return MountFs(ns, blocks, fetch, client, FsOptions(
         opts.list_ttl_s, opts.read_timeout_s, opts.readahead_blocks,
         max(MiB, opts.kernel_readahead_bytes), os.getuid(), os.getgid()), stats)
+
+
+async def mount(client: CacheClient, opts: MountOptions, err: IO[str]) -> int:
+    """Mount s3://bucket/prefix read-only on opts.mountpoint and serve it until unmounted."""
+    mountpoint.prepare(opts.mountpoint)
+    tune_malloc()
+    stats = Stats()
+    fs = await build(client, opts, stats)
+    ns, blocks = fs.ns, fs.blocks
     where = os.path.abspath(opts.mountpoint)
     probe = PageCacheProbe(where, ns, stats)
+
     def mounted() -> None:  # after the kernel's INIT, which sets its read-ahead too
         ra_kib = mountpoint.set_kernel_readahead(where, opts.kernel_readahead_bytes)
         log.info("mounted s3://%s/%s on %s: %d files, %.2f GiB; kernel read-ahead %d KiB",
                  opts.bucket, opts.prefix, where, ns.files, ns.bytes / 2**30, ra_kib)
 
     fs.on_init = lambda: asyncio.get_running_loop().call_soon(mounted)
-    pyfuse3.init(fs, where, opts.fuse_options())
+    try:
+        pyfuse3.init(fs, where, opts.fuse_options())
+    except RuntimeError as e:  # libfuse printed its reason on stderr
+        raise ClientError(f"cannot mount on {where}: {e} (is /dev/fuse there? fusermount3 "
+                          "installed? --allow-other needs root or user_allow_other)") from None
     try:
         install_signals(fs, blocks, probe, where)
         refresher = asyncio.ensure_future(refresh_forever(client, ns, opts, stats))
