@@ -11,10 +11,12 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from client.mount.group import DOWN_FOR_S
 from tests.cluster import LocalGroup
@@ -22,6 +24,7 @@ from tests.integration.test_node_s3 import pattern
 from tests.modelfiles import drop_page_cache, tensor_spans, write_safetensors
 from tests.mountproc import CACHECTL, MountProcess
 from tests.s3proxy import CountingProxy
+from tests.servers import free_port
 
 pytestmark = pytest.mark.integration
 MiB = 2**20
@@ -50,6 +53,14 @@ def file_sha(path: Path) -> str:
         while chunk := f.read(4 * MiB):
             h.update(chunk)
     return h.hexdigest()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Return the mount's metrics without labels, by name."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+            if not s.labels}
 
 
 def origin_blocks(proxy: CountingProxy, bucket: str, key: str) -> list[int]:
@@ -81,7 +92,9 @@ def test_a_model_through_the_mount_reads_exact_and_is_read_only(  # type: ignore
     s3.put_object(bucket, "qwen/v10/other.bin", b"not in the folder")
     s3.put_object(bucket, "qwen/v1/marker/", b"")
     mp = tmp_path / "mnt"
-    with MountProcess(group.seeds, f"s3://{bucket}/qwen/v1", mp) as m:
+    port = free_port()
+    with MountProcess(group.seeds, f"s3://{bucket}/qwen/v1", mp, "--metrics",
+                      f"127.0.0.1:{port}") as m:
         seen = {str(p.relative_to(mp)) for p in mp.rglob("*") if p.is_file()}
         assert seen == set(files)
         assert (mp / "marker").is_dir() and not (mp / "other.bin").exists()
@@ -97,6 +110,12 @@ def test_a_model_through_the_mount_reads_exact_and_is_read_only(  # type: ignore
         du = subprocess.run(["du", "-sb", str(mp)], capture_output=True, text=True, check=True)
         assert int(du.stdout.split()[0]) >= sum(map(len, files.values()))
         assert os.statvfs(mp).f_files == len(files)
+        metrics = scrape(port)
+        total = sum(map(len, files.values()))
+        assert metrics["blockcache_mount_fuse_read_bytes_total"] == total  # each byte once
+        assert metrics["blockcache_mount_group_bytes_total"] == total
+        assert metrics["blockcache_mount_page_cache_bytes"] >= total  # pages, rounded up
+        assert metrics["blockcache_mount_files"] == len(files)
         for attempt in (lambda: open(mp / "config.json", "r+b"),
                         lambda: open(mp / "new.txt", "wb"), lambda: os.mkdir(mp / "d"),
                         lambda: os.unlink(mp / "config.json"),
