@@ -436,3 +436,19 @@ def test_wait_stops_at_once_on_a_client_error() -> None:
     with pytest.raises(CoordinatorError, match="no job w-1"):
         asyncio.run(wait_for(fetch, "w-1", lambda j: None, poll_s=0.01))
     assert fetch.calls == 1
+
+
+def test_rates_running_and_finished() -> None:
+    """A running job shows its window rate and ETA; a finished one its average, no ETA."""
+    from client.progress import job_eta, job_rate
+
+    running = {"rate_bytes_per_s": 8 * 2**20, "eta_s": 65, "average_bytes_per_s": 7 * 2**20}
+    assert job_rate(running, "running") == "8.0 MiB/s"
+    assert job_eta(running, "running") == "1m05s"
+    done = {"rate_bytes_per_s": 7 * 2**20, "eta_s": None, "average_bytes_per_s": 7 * 2**20}
+    assert job_rate(done, "complete") == "7.0 MiB/s avg"
+    assert job_eta(done, "complete") == "-"
+    assert job_rate({}, "pending") == "-"
+    j = job(state="complete", finished=1764400066.0, progress={**job()["progress"],
+                                                                "average_bytes_per_s": 2**20})
+    assert summary_lines(j)[2].endswith("of 12 objects, 1.0 MiB/s avg")
