@@ -81,6 +81,12 @@ class CoordinatorClient:
                 "verify": verify, "pattern": pattern}
         return dict(await self._call("POST", "/v1/jobs", "job", body=body))
 
+    async def plan(self, prefix: str, sites: Sequence[str], pattern: str | None = None
+                   ) -> dict[str, Any]:
+        """Return what a warmup would record and warm per site, changing nothing (a dry run)."""
+        body = {"prefix": prefix, "sites": list(sites), "pattern": pattern, "dry_run": True}
+        return dict(await self._call("POST", "/v1/jobs", "dry_run", body=body))
+
     async def jobs(self, limit: int = 50) -> list[Job]:
         """Return up to `limit` jobs, newest first."""
         return list(await self._call("GET", "/v1/jobs", "jobs", params={"limit": str(limit)}))
@@ -111,6 +117,11 @@ class CoordinatorClient:
     async def evict(self, prefix: str, site: str) -> Version:
         """Start evicting a model version from every node of a site; return the version."""
         return dict(await self._call("POST", "/v1/evict", "version",
+                                     body={"prefix": prefix, "site": site}))
+
+    async def forget(self, prefix: str, site: str) -> dict[str, Any]:
+        """Delete a version's record at a site (its blocks stay); return {version, blocks_kept}."""
+        return dict(await self._call("POST", "/v1/forget", None,
                                      body={"prefix": prefix, "site": site}))
 
     async def policy(self, site: str) -> Policy:

@@ -215,3 +215,16 @@ def models_table(versions: Sequence[Mapping[str, Any]]) -> list[str]:
             for v in versions]
     return format_table(["SITE", "MODEL", "VERSION", "STATE", "BYTES", "PINNED", "READY-AT"],
                         rows, right=(4,))
+
+
+def plan_lines(plan: Mapping[str, Any]) -> list[str]:
+    """Return `warmup --dry-run`: what the job would record, and its blocks per site."""
+    rows = [[site, str(s.get("nodes", "?")), format_bytes(s.get("block_size")),
+             str(s.get("blocks", "?")), format_bytes(s.get("bytes"))]
+            for site, s in sorted((plan.get("sites") or {}).items())]
+    return [f"dry run of {plan.get('prefix', '?')}: nothing was recorded",
+            f"model     {plan.get('model', '?')}",
+            f"version   {plan.get('version', '?')}",
+            f"objects   {plan.get('objects', 0)} ({format_bytes(plan.get('bytes') or 0)})",
+            ""] + format_table(["SITE", "NODES", "BLOCK-SIZE", "BLOCKS", "BYTES"], rows,
+                               right=(1, 2, 3, 4))
