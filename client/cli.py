@@ -17,6 +17,7 @@ from typing import IO
 from cachenode.errors import CacheError
 from cachenode.ranges import parse_range
 from cachenode.ring import Ring
+from cachenode.version import version_line
 from client import cli_coordinator
 from client.client import CacheClient, ObjectInfo
 from client.errors import ClientError
@@ -203,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cachectl", description="Show and read through a "
                                 "blockcache group. Blocks are read from their owners in "
                                 "parallel; a failed node is skipped.")
+    p.add_argument("--version", action="version", version=version_line("cachectl"))
     p.add_argument("--nodes", default=env("CACHECTL_NODES", DEFAULT_NODES),
                    help="seed nodes (host:port of their HTTP API, comma-separated); they "
                    f"tell the rest of the group [env CACHECTL_NODES; default {DEFAULT_NODES}]")

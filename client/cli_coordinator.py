@@ -10,6 +10,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
+from cachenode.settings import format_duration, parse_duration
 from client import cli_tenants, cli_versions
 from client.cli_versions import check_prefix, dump
 from client.coordinator import CoordinatorClient, Job
@@ -170,9 +171,9 @@ def _non_negative(s: str) -> int:
 
 def _seconds(s: str) -> float:
     try:
-        n = float(s)
+        n = parse_duration(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{s} is not a duration (60s, 2m, 0)") from None
     if not 0 <= n < float("inf"):
         raise argparse.ArgumentTypeError(f"{s} is not 0 or more seconds")
     return n
@@ -194,10 +195,10 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--token", default=argparse.SUPPRESS, metavar="TOKEN",
                         help="bearer token: the admin's or a tenant's [env CACHECTL_TOKEN]")
     common.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
-    common.add_argument("--retry-for", type=_seconds, default=GIVE_UP_S, metavar="SECONDS",
+    common.add_argument("--retry-for", type=_seconds, default=GIVE_UP_S, metavar="DURATION",
                         help="retry a coordinator that cannot answer now (unreachable, "
                         "502/503/504: etcd down, a failover) this long; 0: never "
-                        f"[default {GIVE_UP_S:g}]")
+                        f"[default {format_duration(GIVE_UP_S)}]")
     common.set_defaults(coordinator_command=True)
     return common
 
