@@ -92,6 +92,7 @@ class Scheduler:
             task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             self._running[job.id] = (job, task)
             task.add_done_callback(self._forget)
+        self._metrics.show_state(jobs, await self._store.list_versions())
         if self._sweep is None or self._sweep.done():
             self._sweep = asyncio.create_task(self._evictor.sweep(), name="evict-sweep")
             self._sweep.add_done_callback(self._sweep_done)
