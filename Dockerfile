@@ -1,7 +1,7 @@
 # blockcache image: cachenode (the entrypoint), cachecoordinator and cachectl.
 #   docker build -t registry.example.com/blockcache:0.1.0 .
 #   docker push registry.example.com/blockcache:0.1.0
-# Linted by tests/unit/test_deploy.py (hadolint). The base is pinned to one Python release
+# Linted by tests/deploy/test_package.py (hadolint). The base is pinned to one Python release
 # and one Debian release; add its digest (`docker pull python:3.11.11-slim-bookworm` prints
 # it) to pin it to the byte: `FROM python:3.11.11-slim-bookworm@sha256:<digest>`.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm

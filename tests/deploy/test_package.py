@@ -23,21 +23,19 @@ VERSIONS = ("1.29.0", "1.33.0")  # the oldest and a recent release we claim
 BIN = Path(sys.executable).parent
 
 
-def kustomize_ok() -> bool:
+def kustomize_version() -> int:
+    """Return the major version of the Kustomize in `kubectl`, 0 without one."""
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        return False
+        return 0
     out = subprocess.run([kubectl, "version", "--client"], capture_output=True, text=True)
     m = re.search(r"Kustomize Version: v(\d+)", out.stdout)
-    return m is not None and int(m.group(1)) >= 4
-
-
-needs_kustomize = pytest.mark.skipif(not kustomize_ok(), reason="kubectl with Kustomize 4+ "
-                                     "is not installed")
+    return int(m.group(1)) if m else 0
 
 
 def render(path: Path) -> list[dict[str, Any]]:
     """Return the objects `kubectl kustomize` renders from a kustomization."""
+    assert kustomize_version() >= 4, "these tests need kubectl with Kustomize 4 or newer"
     r = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
@@ -59,11 +57,10 @@ def kinds(objs: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in objs if o["kind"] == kind}
 
 
-@needs_kustomize
-@pytest.mark.parametrize("variant", ["", "external-etcd"])
+@pytest.mark.parametrize("variant", ["", "external-etcd", "mount", "mount/examples"])
 def test_every_object_validates_strictly(tmp_path: Path, variant: str) -> None:
     objs = render(K8S / variant)
-    assert len(objs) >= 15
+    assert len(objs) >= (15 if "mount" not in variant else 1)
     out = tmp_path / "all.yaml"
     out.write_text(yaml.safe_dump_all(objs))
     for version in VERSIONS:
@@ -73,7 +70,6 @@ def test_every_object_validates_strictly(tmp_path: Path, variant: str) -> None:
         assert r.stdout.count("INFO") == len(objs), r.stdout  # one "validated" per object
 
 
-@needs_kustomize
 def test_one_cache_group_per_site_from_one_list(install: list[dict[str, Any]]) -> None:
     assert sites() == ["hz", "fra"]
     sets = kinds(install, "StatefulSet")
@@ -108,7 +104,6 @@ def test_one_cache_group_per_site_from_one_list(install: list[dict[str, Any]]) -
                if o["kind"] != "Namespace")
 
 
-@needs_kustomize
 def test_the_http_port_is_closed_to_loaders(install: list[dict[str, Any]]) -> None:
     """8080 (range API and /_warm, /_evict, /ring, /metrics) only from the group's own."""
     policy = kinds(install, "NetworkPolicy")["blockcache-node"]["spec"]
@@ -119,7 +114,6 @@ def test_the_http_port_is_closed_to_loaders(install: list[dict[str, Any]]) -> No
     assert all(f.get("podSelector") for f in internal)
 
 
-@needs_kustomize
 def test_external_etcd_drops_the_bundled_one() -> None:
     objs = render(K8S / "external-etcd")
     assert not [o for o in objs if "etcd" in o["metadata"]["name"]
@@ -129,10 +123,35 @@ def test_external_etcd_drops_the_bundled_one() -> None:
     assert config[0]["data"]["etcd"].startswith("http://etcd-0.etcd.infra:2379")
 
 
-def test_the_dockerfile_passes_hadolint_and_runs_as_non_root() -> None:
-    r = subprocess.run([str(BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True,
+def test_the_mount_reads_through_its_site_and_may_reach_it() -> None:
+    """The DaemonSet learns the group from its site's headless Service, port 8080."""
+    (ds,) = render(K8S / "mount")
+    assert ds["kind"] == "DaemonSet" and ds["metadata"]["namespace"] == "blockcache"
+    tpl = ds["spec"]["template"]
+    assert tpl["metadata"]["labels"]["blockcache.io/site"] == "hz"
+    assert tpl["metadata"]["labels"]["blockcache.io/ring-client"] == "true"
+    c = tpl["spec"]["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["CACHECTL_SITE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.labels['blockcache.io/site']")
+    assert env["CACHECTL_NODES"]["value"] == "blockcache-$(CACHECTL_SITE):8080"
+    assert "blockcache-hz" in kinds(render(K8S), "Service")  # the headless Service it names
+    assert c["image"] == "registry.example.com/blockcache-mount:0.1.0"
+    images = [c["image"] for o in render(K8S / "mount" / "examples")
+              for c in o["spec"].get("template", o)["spec"].get("containers", [])]
+    assert images and not [i for i in images if ":" not in i or i.endswith(":latest")]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "deploy/mount.Dockerfile"])
+def test_the_dockerfiles_pass_hadolint_from_a_pinned_base(dockerfile: str) -> None:
+    r = subprocess.run([str(BIN / "hadolint"), str(ROOT / dockerfile)], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    text = (ROOT / "Dockerfile").read_text()
+    text = (ROOT / dockerfile).read_text()
     assert re.search(r"^ARG PYTHON_IMAGE=python:\d+\.\d+\.\d+-slim-\w+$", text, re.M)
-    assert "USER 10001:10001" in text and ":latest" not in text
+    assert ":latest" not in text
+
+
+def test_the_dockerfile_runs_as_non_root() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert "USER 10001:10001" in text
