@@ -287,9 +287,12 @@ def test_cachectl_stat_and_cat(node: NodeProcess, objects: dict[str, bytes]) -> 
     import subprocess
     import sys
     cachectl = [str(Path(sys.executable).parent / "cachectl"), "--node", node.url]
-    out = subprocess.run([*cachectl, "stat", "s3://exact/sizes/block_plus_one.bin"],
+    out = subprocess.run([*cachectl, "stat", "s3://exact/sizes/block_plus_one.bin", "--json"],
                          capture_output=True, check=True, text=True).stdout
     assert json.loads(out)["size"] == BS + 1
+    line = subprocess.run([*cachectl, "stat", "s3://exact/sizes/block_plus_one.bin"],
+                          capture_output=True, check=True, text=True).stdout
+    assert line.startswith("s3://exact/sizes/block_plus_one.bin  4.0 MiB (4194305 bytes)  etag")
     got = subprocess.run([*cachectl, "cat", "s3://exact/sizes/block_plus_one.bin", "--range",
                           f"{BS - 2}-"], capture_output=True, check=True).stdout
     assert got == objects["block_plus_one"][BS - 2:]
