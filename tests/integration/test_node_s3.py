@@ -298,3 +298,6 @@ def test_cachectl_stat_and_cat(node: NodeProcess, objects: dict[str, bytes]) -> 
     assert got == objects["block_plus_one"][BS - 2:]
     r = subprocess.run([*cachectl, "cat", "s3://exact/nope"], capture_output=True, text=True)
     assert r.returncode == 1 and "404" in r.stderr and "no such key" in r.stderr
+    r = subprocess.run([*cachectl, "stat", "s3://no-such-bucket-xyz/k"], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "no such bucket" in r.stderr, r.stderr
