@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def interrupt(signum: int, frame: FrameType | None) -> None:
-    """Turn SIGTERM into what Ctrl-C raises, so one path stops everything."""
+    """Raise what Ctrl-C raises, for SIGINT and SIGTERM alike, so one path stops everything."""
     raise KeyboardInterrupt
 
 
@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                          auth=args.auth, capacity=args.capacity, log_level=args.log_level,
                          site_origin_rate=args.site_origin_rate)
     stack = Stack(config)
-    signal.signal(signal.SIGTERM, interrupt)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's `cmd &` ignores it
+        signal.signal(sig, interrupt)
     code = 0
     try:
         code = serve(stack)

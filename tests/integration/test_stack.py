@@ -47,6 +47,11 @@ class Output:
         return got
 
 
+def ignore_sigint() -> None:
+    """Ignore SIGINT in the child, before it runs the stack."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def descendants(pid: int) -> dict[int, str]:
     """Return pid -> command line of every process below `pid`."""
     parent: dict[int, int] = {}
@@ -88,8 +93,10 @@ def client(endpoint: str, key: str, secret: str) -> Any:
 def test_the_stack_serves_a_read_and_stops_everything_on_sigint(tmp_path: Path,
                                                                  auth: bool) -> None:
     cmd = [str(BIN / "blockcache-stack"), "--nodes", "2", "--dir", str(tmp_path / "stack")]
+    # Started with SIGINT ignored, as a shell's `blockcache-stack &` is: SIGINT must still stop it.
     with subprocess.Popen(cmd + (["--auth"] if auth else []), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) as proc:
+                          stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL,
+                          preexec_fn=ignore_sigint) as proc:
         output = Output(proc)
         try:
             children = use_the_stack(proc, output.until_started(), auth)
