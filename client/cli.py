@@ -12,13 +12,15 @@ import os
 import sys
 from typing import IO
 
+import aiohttp
+
 from cachenode.errors import CacheError
 from cachenode.ranges import parse_range
 from cachenode.ring import Ring
 from cachenode.version import version_line
 from client import cli_coordinator, cli_get, cli_mount
 from client.client import CacheClient
-from client.errors import ClientError
+from client.errors import ClientError, connection_reason
 from client.progress import format_bytes, format_time
 from client.s3url import split_s3_url
 
@@ -142,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run(args, sys.stdout))
     except ClientError as e:
         print(f"cachectl: {e}", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, ConnectionError, TimeoutError) as e:  # none escapes as noise
+        print(f"cachectl: {connection_reason(e)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `cachectl cat ... | head`
         return 0

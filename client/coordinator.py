@@ -14,7 +14,12 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from client.errors import ClientError, CoordinatorError, CoordinatorUnavailable
+from client.errors import (
+    ClientError,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    connection_reason,
+)
 
 RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy without a replica, etcd down, a failover
 RETRY_FIRST_S = 0.25  # the first pause between attempts; it doubles
@@ -225,7 +230,7 @@ class CoordinatorClient:
                                          f"{method} {path} within {self.timeout_s:g}s") from None
         except (aiohttp.ClientError, OSError) as e:
             raise CoordinatorUnavailable(f"cannot reach the coordinator at {self.base_url}: "
-                                         f"{e or type(e).__name__}") from None
+                                         f"{connection_reason(e)}") from None
         answer = _json(text)
         if status >= 400:
             if isinstance(answer, dict) and answer.get("reason"):
