@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import time
@@ -23,6 +24,7 @@ from client.progress import (
     summary_lines,
 )
 
+SITE_ENV = "CACHECTL_SITE"  # the site of commands that take one, when --site is not given
 NO_COORDINATOR = "no coordinator: pass --coordinator URL or set CACHECTL_COORDINATOR"
 POLL_S = 1.0  # --wait: one GET of the job this often
 GIVE_UP_S = 60.0  # --retry-for: how long a request failing for a passing reason is retried
@@ -216,8 +218,9 @@ def add_commands(sub: Any) -> None:
     w = add("warmup", cmd_warmup, "warm every object under a prefix into the cache groups of "
             "sites (a coordinator job); prints the job id")
     w.add_argument("url", help="s3://bucket/prefix/ of one model version")
-    w.add_argument("--site", dest="sites", action="append", required=True, metavar="SITE",
-                   help="site to warm (repeat, or comma-separate: --site hz,fra)")
+    w.add_argument("--site", dest="sites", action="append", metavar="SITE",
+                   help="site to warm (repeat, or comma-separate: --site hz,fra) "
+                   f"[env {SITE_ENV}]")
     w.add_argument("--verify", action="store_true",
                    help="re-read every block already on its owner and check its crc32")
     w.add_argument("--pattern", metavar="TEMPLATE", help="how bucket/prefix names a model "
@@ -248,9 +251,9 @@ def add_commands(sub: Any) -> None:
                        ("evict", "remove a model version from every node of a site now")):
         v = add(name, cli_versions.cmd_version, help)
         v.add_argument("url", help="s3://bucket/model/version/")
-        v.add_argument("--site", dest="site_name", required=True, metavar="SITE")
+        v.add_argument("--site", dest="site_name", metavar="SITE", help=f"[env {SITE_ENV}]")
     pol = add("policy", cli_versions.cmd_policy, "show a site's keep count, or set it with --keep")
-    pol.add_argument("--site", dest="site_name", required=True, metavar="SITE")
+    pol.add_argument("--site", dest="site_name", metavar="SITE", help=f"[env {SITE_ENV}]")
     pol.add_argument("--keep", type=_non_negative, metavar="K",
                      help="keep the K newest ready versions of each model (pinned ones stay too)")
     cli_tenants.add_commands(add)
@@ -266,9 +269,13 @@ async def run(args: argparse.Namespace, out: IO[str]) -> int:
     if not args.coordinator:
         raise ClientError(NO_COORDINATOR)
     if hasattr(args, "sites"):
-        args.sites = _sites(args.sites)
+        args.sites = _sites(args.sites or [os.environ.get(SITE_ENV, "")])
         if not args.sites:
-            raise ClientError("give at least one --site")
+            raise ClientError(f"give at least one --site (or set {SITE_ENV})")
+    if args.command in ("pin", "unpin", "evict", "policy") and not args.site_name:
+        args.site_name = os.environ.get(SITE_ENV, "")
+        if not args.site_name:
+            raise ClientError(f"{args.command} needs --site (or {SITE_ENV})")
     cli_tenants.check(args)
     async with CoordinatorClient(args.coordinator, retry_s=args.retry_for,
                                  note=_note, token=args.token) as cc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import IO, Any
 
 from client.coordinator import CoordinatorClient
@@ -40,8 +41,9 @@ async def cmd_forget(cc: CoordinatorClient, args: argparse.Namespace, out: IO[st
     if len(args.words) != 2 or args.words[0] != "forget":
         raise ClientError("give `models forget s3://bucket/model/version/ --site SITE`, or no "
                           "words to list the versions")
+    args.site_name = args.site_name or os.environ.get("CACHECTL_SITE", "")
     if not args.site_name:
-        raise ClientError("models forget needs --site")
+        raise ClientError("models forget needs --site (or CACHECTL_SITE)")
     got = await cc.forget(check_prefix(args.words[1]), args.site_name)
     if args.json:
         out.write(json.dumps(got) + "\n")

@@ -181,12 +181,6 @@ def test_warmup_arguments() -> None:
     assert (b.verify, b.pattern, b.wait, b.json) == (False, None, False, False)
 
 
-def test_warmup_needs_a_site(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as e:
-        parse("warmup", "s3://b/m/v2/")
-    assert e.value.code == 2 and "--site" in capsys.readouterr().err
-
-
 def test_coordinator_flag_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHECTL_COORDINATOR", "env:1")
     assert parse("jobs").coordinator == "env:1"
@@ -204,8 +198,7 @@ def test_job_show_or_cancel() -> None:
 
 @pytest.mark.parametrize("argv", [["job"], ["job", "cancel"], ["job", "w-1", "w-2"],
                                   ["job", "cancel", "w-1", "w-2"], ["jobs", "--limit", "0"],
-                                  ["pin", "s3://b/m/v1/"], ["policy", "--site", "hz",
-                                                            "--keep", "-1"]])
+                                  ["policy", "--site", "hz", "--keep", "-1"]])
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         parse(*argv)
@@ -236,7 +229,22 @@ def test_bad_prefix_and_empty_site(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["warmup", "b/m/v2/", "--site", "hz", "--coordinator", "127.0.0.1:9"]) == 1
     assert capsys.readouterr().err == "cachectl: 'b/m/v2/' is not s3://<bucket>/<prefix>\n"
     assert main(["warmup", "s3://b/m/", "--site", ",", "--coordinator", "127.0.0.1:9"]) == 1
-    assert capsys.readouterr().err == "cachectl: give at least one --site\n"
+    assert capsys.readouterr().err == "cachectl: give at least one --site (or set CACHECTL_SITE)\n"
+
+
+def test_the_site_comes_from_cachectl_site_when_not_given(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The export lines of blockcache-stack set CACHECTL_SITE: warmup, pin, policy use it."""
+    monkeypatch.delenv("CACHECTL_SITE", raising=False)
+    coord = ["--coordinator", "127.0.0.1:9", "--retry-for", "0"]
+    assert main(["warmup", "s3://b/m/v1/", *coord]) == 1
+    assert capsys.readouterr().err == "cachectl: give at least one --site (or set CACHECTL_SITE)\n"
+    assert main(["pin", "s3://b/m/v1/", *coord]) == 1
+    assert capsys.readouterr().err == "cachectl: pin needs --site (or CACHECTL_SITE)\n"
+    monkeypatch.setenv("CACHECTL_SITE", "hz")
+    for argv in (["warmup", "s3://b/m/v1/"], ["pin", "s3://b/m/v1/"], ["policy"]):
+        assert main([*argv, *coord]) == 1
+        assert "cannot reach the coordinator" in capsys.readouterr().err  # past the site check
 
 
 @pytest.mark.parametrize("url, base", [
