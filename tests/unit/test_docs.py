@@ -3,6 +3,7 @@ is listed, every link resolves inside the repository, and the image's build is w
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,3 +61,14 @@ def test_the_readme_says_how_to_build_push_and_deploy() -> None:
     for needed in ("docker build -t", "docker push", "kubectl apply -k deploy/k8s",
                    "blockcache-stack", "docs/design.md"):
         assert needed in README, needed
+
+
+def test_every_command_takes_json_but_cat_and_mount() -> None:
+    """As the README says: `cat` writes the bytes and `mount` mounts; the rest print JSON."""
+    from client.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    without = {name for name, p in sub.choices.items()
+               if not any("--json" in a.option_strings for a in p._actions)}
+    assert without == {"cat", "mount"}
+    assert "Every command but `cat` (the bytes) and `mount` takes `--json`" in README
