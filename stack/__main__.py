@@ -14,6 +14,7 @@ from types import FrameType
 
 from cachenode.settings import ConfigError, parse_size
 from cachenode.version import version_line
+from stack.procs import die_with_parent
 from stack.run import Stack, StackConfig
 
 POLL_S = 1.0  # how often the stack checks that every part still runs
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                          cluster=args.cluster, buckets=tuple(args.bucket or ["models"]),
                          auth=args.auth, capacity=args.capacity, log_level=args.log_level,
                          site_origin_rate=args.site_origin_rate)
+    die_with_parent()  # a SIGKILLed stack leaves no server behind either
     stack = Stack(config)
     for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: a shell's `cmd &` ignores it
         signal.signal(sig, interrupt)

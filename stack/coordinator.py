@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stack.procs import ChildProcess, free_port
+from stack.procs import ChildProcess, child_setup, free_port
 
 CACHECOORDINATOR = str(Path(sys.executable).parent / "cachecoordinator")
 FAST = ("--lease-ttl", "3s", "--retry-base", "0.5s", "--reconcile-interval", "0.5s",
@@ -45,7 +45,8 @@ class CoordinatorProcess(ChildProcess):
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([CACHECOORDINATOR, *self.args],
                                          env={**os.environ, **self.origin_env}, stdout=log,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=child_setup())
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

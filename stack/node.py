@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachenode.auth.cluster import HEADER as CLUSTER_AUTH
 from cachenode.auth.cluster import ClusterKey
-from stack.procs import ChildProcess, free_port
+from stack.procs import ChildProcess, child_setup, free_port
 
 CACHENODE = str(Path(sys.executable).parent / "cachenode")
 
@@ -63,7 +63,7 @@ class NodeProcess(ChildProcess):
                 # Own session, hence own scheduler autogroup (as etcd and SeaweedFS have): else
                 # the node's one loop thread competes thread-for-thread with the test's reader
                 # threads and gets a few % of a CPU (1-2 s event loop stalls, leases at risk).
-                start_new_session=True)
+                start_new_session=True, preexec_fn=child_setup())
 
     def wait_ready(self, timeout_s: float = 30.0) -> NodeProcess:
         """Wait until /readyz answers 200, or raise with the log's tail."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 _handed: set[int] = set()  # ports free_port() gave out in this process (guarded by the GIL)
@@ -26,12 +28,43 @@ def free_port() -> int:
             return port
 
 
+_die_with_parent = False  # set once by blockcache-stack (die_with_parent), never by tests
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent() -> None:
+    """Have every child started from now on killed when this process dies, even by SIGKILL.
+
+    Linux ties it to the thread that started the child: only a program that starts its
+    children from its main thread (blockcache-stack) may turn it on; the tests start servers
+    from executor threads, whose end would kill them.
+    """
+    global _die_with_parent
+    _die_with_parent = True
+
+
+def child_setup() -> Callable[[], None] | None:
+    """Return the preexec_fn that makes a child die with this process, if that is on."""
+    if not _die_with_parent:
+        return None
+    parent = os.getpid()
+
+    def setup() -> None:  # in the child, between fork and exec
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: follow it now
+            os._exit(1)
+
+    return setup
+
+
 def spawn(command: list[str], cwd: Path, env: dict[str, str],
           log_path: Path) -> subprocess.Popen[bytes]:
     """Start a server in its own session (own process group), logging to `log_path`."""
     with open(log_path, "ab") as log:
         return subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=child_setup())
 
 
 class ChildProcess:

@@ -134,3 +134,30 @@ def use_the_stack(proc: subprocess.Popen[str], out: list[str], auth: bool) -> di
     assert ring.returncode == 0 and "2 nodes, 2 up" in ring.stdout, ring
     assert ("CACHECTL_TOKEN" in exports) == auth
     return children
+
+
+@pytest.mark.integration
+def test_a_killed_stack_takes_its_servers_with_it(tmp_path: Path) -> None:
+    """kill -9 gives the stack no chance to stop anything: its children die with it."""
+    cmd = [str(BIN / "blockcache-stack"), "--nodes", "1", "--dir", str(tmp_path / "stack")]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          stdin=subprocess.DEVNULL) as proc:
+        output = Output(proc)
+        try:
+            output.until_started()
+            children = descendants(proc.pid)
+            assert len(children) >= 4, children  # weed, etcd, a node, the coordinator
+            proc.kill()
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            output.thread.join(10)
+    deadline = time.monotonic() + 10
+    while (left := {p: c for p, c in children.items() if cmdline(p) == c}) and (
+            time.monotonic() < deadline):
+        time.sleep(0.1)
+    for pid in left:  # a failed test leaves nothing behind either
+        os.killpg(pid, signal.SIGKILL)
+    assert not left, f"still running after the stack was killed: {left}"
