@@ -195,7 +195,8 @@ def run(group: LocalGroup, coord: CoordinatorProcess, files: dict[str, Path],
     per_node = [int(n.metric("blockcache_store_blocks")) for n in group.nodes]
     print(f"blocks per node: {per_node} (each block stored once, on its owner)")
     out = work / "download"
-    subprocess.run([*cachectl, "--nodes", seeds, "get", f"s3://{BUCKET}/{PREFIX}", str(out)],
+    subprocess.run([*cachectl, "--nodes", seeds, "get", f"s3://{BUCKET}/{PREFIX}", str(out),
+                    "--state-dir", str(work / "get-state")],
                    check=True, stdout=subprocess.DEVNULL)
     for name, path in files.items():
         if sha256_file(out / name[len(PREFIX):]) != sha256_file(path):
