@@ -127,7 +127,7 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=384, help="model size to generate")
     ap.add_argument("--nodes", type=int, default=3, help="cache nodes in the group")
     ap.add_argument("--parallel", type=int, default=8, help="blocks in flight per file")
-    ap.add_argument("--origin-rate", default="64MB", help="the warmup's origin cap per site "
+    ap.add_argument("--origin-rate", default="40MB", help="the warmup's origin cap per site "
                     "(the coordinator's --site-origin-rate), so its progress shows a rate")
     ap.add_argument("--keep", action="store_true", help="keep the stack serving until Ctrl-C "
                     "(or run blockcache-stack yourself)")
