@@ -22,10 +22,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from client import CacheClient  # noqa: E402
-from stack.auth import Key, create_tenant  # noqa: E402
-from stack.coordinator import CoordinatorProcess  # noqa: E402
-from stack.group import LocalGroup  # noqa: E402
-from stack.run import Stack, StackConfig  # noqa: E402
+from client.stack.auth import Key, create_tenant  # noqa: E402
+from client.stack.coordinator import CoordinatorProcess  # noqa: E402
+from client.stack.group import LocalGroup  # noqa: E402
+from client.stack.run import Stack, StackConfig  # noqa: E402
 
 BUCKET, PREFIX = "models", "demo-llm/v1/"
 PART = 4 * 1024 * 1024

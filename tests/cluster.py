@@ -1,5 +1,5 @@
 """A local cache group for tests and benchmarks (the local stack's, package `stack`)."""
 
-from stack.group import LocalGroup
+from client.stack.group import LocalGroup
 
 __all__ = ["LocalGroup"]

@@ -1,5 +1,5 @@
 """A coordinator process for tests and benchmarks (the local stack's, package `stack`)."""
 
-from stack.coordinator import CACHECOORDINATOR, FAST, CoordinatorProcess
+from client.stack.coordinator import CACHECOORDINATOR, FAST, CoordinatorProcess
 
 __all__ = ["CACHECOORDINATOR", "FAST", "CoordinatorProcess"]

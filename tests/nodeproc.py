@@ -1,5 +1,5 @@
 """A cache node process for tests and benchmarks (the local stack's, package `stack`)."""
 
-from stack.node import CACHENODE, NodeProcess
+from client.stack.node import CACHENODE, NodeProcess
 
 __all__ = ["CACHENODE", "NodeProcess"]

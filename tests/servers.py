@@ -47,9 +47,17 @@ from typing import Any
 
 import botocore.config
 
-from stack.etcd import Etcd, etcd_binary
-from stack.procs import ChildProcess, free_port, spawn
-from stack.seaweed import ACCESS_KEY, REGION, SECRET_KEY, MiB, SeaweedFS, s3_client, weed_binary
+from client.stack.etcd import Etcd, etcd_binary
+from client.stack.procs import ChildProcess, free_port, spawn
+from client.stack.seaweed import (
+    ACCESS_KEY,
+    REGION,
+    SECRET_KEY,
+    MiB,
+    SeaweedFS,
+    s3_client,
+    weed_binary,
+)
 
 __all__ = ["ACCESS_KEY", "REGION", "SECRET_KEY", "ChildProcess", "Etcd", "MiB", "SeaweedFS",
            "aio_s3_client", "etcd_binary", "free_port", "s3_client", "spawn", "weed_binary"]

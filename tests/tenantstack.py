@@ -13,7 +13,7 @@ import grpc
 from cachenode.auth.grpc_auth import GrpcCredentials
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
-from stack.auth import (
+from client.stack.auth import (
     CACHECTL,
     Key,
     add_key,
@@ -23,7 +23,7 @@ from stack.auth import (
     secured_group,
     write_secrets,
 )
-from stack.node import NodeProcess
+from client.stack.node import NodeProcess
 
 __all__ = ["CACHECTL", "Key", "add_key", "bearer", "cachectl", "create_tenant", "grpc_read",
            "http_get", "s3_client", "secured_coordinator", "secured_group", "write_secrets"]

@@ -14,8 +14,8 @@ from types import FrameType
 
 from cachenode.settings import ConfigError, parse_size
 from cachenode.version import version_line
-from stack.procs import die_with_parent
-from stack.run import Stack, StackConfig
+from client.stack.procs import die_with_parent
+from client.stack.run import Stack, StackConfig
 
 POLL_S = 1.0  # how often the stack checks that every part still runs
 

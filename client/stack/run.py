@@ -8,11 +8,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from stack.auth import Key, create_tenant, secured_coordinator, secured_group, write_secrets
-from stack.coordinator import CoordinatorProcess
-from stack.etcd import Etcd
-from stack.group import LocalGroup
-from stack.seaweed import SeaweedFS
+from client.stack.auth import Key, create_tenant, secured_coordinator, secured_group, write_secrets
+from client.stack.coordinator import CoordinatorProcess
+from client.stack.etcd import Etcd
+from client.stack.group import LocalGroup
+from client.stack.seaweed import SeaweedFS
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cachenode.auth.cluster import HEADER as CLUSTER_AUTH
 from cachenode.auth.cluster import ClusterKey
-from stack.procs import ChildProcess, child_setup, free_port
+from client.stack.procs import ChildProcess, child_setup, free_port
 
 CACHENODE = str(Path(sys.executable).parent / "cachenode")
 

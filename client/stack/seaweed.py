@@ -19,7 +19,7 @@ import botocore.config
 import botocore.exceptions
 import botocore.session
 
-from stack.procs import free_port, spawn, stop_group
+from client.stack.procs import free_port, spawn, stop_group
 
 ACCESS_KEY = "blockcache"
 SECRET_KEY = "blockcache-secret"

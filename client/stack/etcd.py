@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from stack.procs import free_port, spawn, stop_group
+from client.stack.procs import free_port, spawn, stop_group
 
 
 def etcd_binary() -> str:

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stack.node import NodeProcess
+from client.stack.node import NodeProcess
 
 _ids = itertools.count()
 

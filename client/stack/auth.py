@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.coordinator import CoordinatorProcess
-from stack.group import LocalGroup
+from client.stack.coordinator import CoordinatorProcess
+from client.stack.group import LocalGroup
 
 CACHECTL = str(Path(sys.executable).parent / "cachectl")
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from stack.procs import ChildProcess, child_setup, free_port
+from client.stack.procs import ChildProcess, child_setup, free_port
 
 CACHECOORDINATOR = str(Path(sys.executable).parent / "cachecoordinator")
 FAST = ("--lease-ttl", "3s", "--retry-base", "0.5s", "--reconcile-interval", "0.5s",
