@@ -59,7 +59,8 @@ class NodeConfig:
     """Everything a cache node needs to start; sizes in bytes, times in seconds."""
 
     data_dir: Path = field(default=Path("./cachenode-data"), metadata=_opt(
-        "--data-dir", "directory for block files and the index", Path))
+        "--data-dir", "directory for block files and the index", Path,
+        shown="./cachenode-data"))
     capacity_bytes: int = field(default=20 * 2**30, metadata=_opt(
         "--capacity", "most bytes of blocks kept on disk (e.g. 20GiB)", parse_size))
     min_free_disk: FreeFloor = field(default=FreeFloor(5.0, 2**30), metadata=_opt(
@@ -149,7 +150,7 @@ class NodeConfig:
         "--site", "site (cache group) this node serves; one ring per site", _name))
     node_id: str = field(default_factory=socket.gethostname, metadata=_opt(
         "--node-id", "stable node id (a StatefulSet pod name): a restarted node owns the "
-        "same blocks", _name))
+        "same blocks", _name, shown="this machine's hostname"))
     weight: int = field(default=100, metadata=_opt(
         "--weight", "share of the ring relative to other nodes (100 = a normal node, 200 = "
         "twice its blocks; 0 = owns nothing)", int))

@@ -8,6 +8,7 @@ of memory, and a response whose headers are out is cut, never patched, when a bl
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncGenerator, MutableMapping
 from contextlib import aclosing
 
@@ -24,6 +25,7 @@ from cachenode.sendfile import ReaderStalled, SocketSender
 from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
 
 log = logging.getLogger("cachenode.http_api")
+SOURCE_RANK = {"disk": 0, "peer": 1, "origin": 2}  # a read is as slow as its slowest block
 
 
 def abort(request: web.BaseRequest) -> None:
@@ -48,6 +50,7 @@ class BodySender:
         after them, the connection is cut so the reader sees a short body. Fills are
         charged to `charge`; the bytes count as the tenant's unless another node asked.
         """
+        t0 = time.monotonic()
         length = max(0, span.length)
         if request.method == "HEAD" or length == 0:
             headers["Content-Length"] = str(length)
@@ -79,16 +82,18 @@ class BodySender:
                 raise
             tenant = None if hops else self._metrics.tenant(charge.tenant)
             return await self._stream(request, resp, sender, first, chunks, meta, span,
-                                      tenant)
+                                      tenant, t0)
 
     async def _stream(self, request: web.BaseRequest, resp: web.StreamResponse,
                       sender: SocketSender, first: Chunk,
                       chunks: AsyncGenerator[Chunk, None], meta: ObjectMeta,
-                      span: Span, tenant: str | None) -> web.StreamResponse:
+                      span: Span, tenant: str | None, t0: float) -> web.StreamResponse:
         """Send every chunk after the headers; cut the connection on any failure."""
+        sources = {self._source(first)}  # for blockcache_read_seconds (observed at the end)
         try:
             await self._send(sender, first, tenant)
             async for chunk in chunks:
+                sources.add(self._source(chunk))
                 await self._send(sender, chunk, tenant)
         except (CacheError, EOFError) as e:
             # Headers are out: cut the connection so the reader sees a short body,
@@ -106,7 +111,13 @@ class BodySender:
         finally:
             sender.close()
         await resp.write_eof()
+        slowest = max(sources, key=lambda s: SOURCE_RANK.get(s, 3))
+        self._metrics.read_seconds.labels(slowest).observe(time.monotonic() - t0)
         return resp
+
+    @staticmethod
+    def _source(chunk: Chunk) -> str:
+        return chunk.block.source if isinstance(chunk, FileChunk) else chunk.source
 
     async def _send(self, sender: SocketSender, chunk: Chunk, tenant: str | None) -> None:
         """Send one chunk; count its bytes by source (and for `tenant`, a label, if any)."""

@@ -8,9 +8,18 @@ bounded however many tenants come and go.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -19,6 +28,17 @@ MAX_TENANT_LABELS = 64
 NO_TENANT, OTHER_TENANTS = "_none", "_other"
 # (tenant, warmed bytes, read-through bytes, this node's share of its quota or None)
 QuotaRow = tuple[str, int, int, int | None]
+
+
+def process_metrics(registry: CollectorRegistry, component: str) -> None:
+    """Register process metrics (CPU, RSS, fds), python_info and blockcache_build_info."""
+    from cachenode.version import version
+
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    Gauge("blockcache_build_info", "1, labelled with what runs: the component, its version "
+          "and Python's", ["component", "version", "python"], registry=registry).labels(
+        component, version(), platform.python_version()).set(1)
 
 
 class TenantLabels:
@@ -111,7 +131,15 @@ class NodeMetrics:
         self.origin_bytes = Counter(p + "origin_bytes", "Bytes read from the origin", registry=r)
         self.evictions = Counter(p + "evictions", "Blocks evicted to stay under capacity",
                                  registry=r)
-        self.evicted_bytes = Counter(p + "evicted_bytes", "Bytes evicted", registry=r)
+        self.evicted_bytes = Counter(p + "evicted_bytes", "Bytes of blocks deleted, by reason: "
+                                     "capacity (room for new blocks), quota (a tenant over "
+                                     "its share here), evict (a /_evict of a prefix)",
+                                     ["reason"], registry=r)
+        self.read_seconds = Histogram(p + "read_seconds", "Time of an object read on the "
+                                      "range or S3 API, from its first block asked for to "
+                                      "its last byte sent, by the slowest source of its "
+                                      "blocks (disk < peer < origin)", ["source"],
+                                      buckets=_LATENCY_BUCKETS, registry=r)
         self.warm_blocks = Counter(p + "warm_blocks",
                                    "Blocks a warm request asked for, by result "
                                    "(present/filled/failed)", ["result"], registry=r)
@@ -186,6 +214,11 @@ class NodeMetrics:
 
         self.tenant = TenantLabels()  # tenant -> label value, bounded
         self._tenant_metrics(r)
+        self.origin_credentials_ok = Gauge(p + "origin_credentials_ok", "0 while the origin "
+                                           "refuses this node's credentials (the last check "
+                                           "of them), else 1", registry=r)
+        self.origin_credentials_ok.set(1)
+        process_metrics(r, "node")
 
     def _tenant_metrics(self, r: CollectorRegistry) -> None:
         p = "blockcache_tenant_"

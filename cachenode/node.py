@@ -23,6 +23,7 @@ from cachenode.http_limits import ConnectionLimits, derive_limits
 from cachenode.http_server import Gate, NodeRunner
 from cachenode.limits import NodeLimits
 from cachenode.metrics import NodeMetrics
+from cachenode.origin_check import OriginCredentials
 from cachenode.origin_s3 import S3Origin
 from cachenode.peers_http import HttpPeerClient
 from cachenode.ports import Origin
@@ -82,6 +83,7 @@ class CacheNode:
         self.service = BlockService(config, self.origin, self.filler, self.metrics, self.router,
                                     lim)
         self.lister = Lister(self.origin)
+        self.credentials = OriginCredentials(self.origin, self.metrics)  # for /readyz
         self.membership: Membership | None = None
         self.limits: ConnectionLimits | None = None  # set at start, from the fd limit
         self._stack = AsyncExitStack()
@@ -106,7 +108,7 @@ class CacheNode:
         """
         if not self._serving:
             return "starting or stopping"
-        return self.store.disk_trouble(self.config.block_size_bytes)
+        return self.store.disk_trouble(self.config.block_size_bytes) or self.credentials.problem
 
     async def start(self) -> None:
         """Open the store, connect the origin and start listening; undo all on failure."""
@@ -130,6 +132,9 @@ class CacheNode:
                 await self._join()
             lag = asyncio.ensure_future(self._watch_loop_lag())
             self._stack.callback(lag.cancel)
+            await self.credentials.check()
+            creds = asyncio.ensure_future(self.credentials.run())
+            self._stack.callback(creds.cancel)
             if self.config.scrub_rate_bytes:
                 scrub = asyncio.ensure_future(
                     Scrubber(self.store, self.metrics, self.config.scrub_rate_bytes).run())

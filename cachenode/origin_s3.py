@@ -100,7 +100,27 @@ class S3Origin:
             return ObjectMeta(bucket, key, int(r["ContentLength"]), r["ETag"],
                               lm.timestamp() if lm else 0.0, content_type, headers, checksums)
 
-        return await self._call("head", bucket, key, "", once)
+        try:
+            return await self._call("head", bucket, key, "", once)
+        except OriginNotFound as e:
+            # A HEAD's 404 has no body to say which is missing: ask the bucket.
+            if e.what == "key" and not await self._bucket_exists(bucket):
+                raise OriginNotFound(bucket, key, "bucket") from None
+            raise
+
+    async def _bucket_exists(self, bucket: str) -> bool:
+        """Return False only if the origin says the bucket does not exist (HeadBucket 404)."""
+
+        async def once() -> None:
+            await self._client.head_bucket(Bucket=bucket)
+
+        try:
+            await self._call("head_bucket", bucket, "", "", once)
+        except OriginNotFound:
+            return False
+        except CacheError:
+            return True  # cannot tell: the key's 404 stands
+        return True
 
     async def get_range(self, meta: ObjectMeta, start: int, length: int) -> bytes:
         """Return `length` bytes at `start` of the pinned object version (If-Match)."""

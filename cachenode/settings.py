@@ -37,6 +37,30 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+def format_duration(seconds: float) -> str:
+    """Return seconds as parse_duration reads them back: '10s', '500ms', '2m', '1.5s'."""
+    if seconds and seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    if seconds >= 120 and seconds % 60 == 0:
+        return f"{seconds / 60:g}m"
+    return f"{seconds:g}s"
+
+
+def shown_default(value: Any, parse: Any) -> str:
+    """Return a default as a person writes it on the command line (20GiB, 10s, off, none)."""
+    if value is None or value == "":
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if parse is parse_size:
+        return format_size(int(value))
+    if parse is parse_duration:
+        return format_duration(float(value))
+    if isinstance(value, tuple):  # a listener's (host, port)
+        return f"{value[0]}:{value[1]}"
+    return str(value)
+
+
 def parse_duration(text: str) -> float:
     """Return the seconds of a duration such as '10s', '500ms', '2m' or '1.5'."""
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
@@ -121,9 +145,11 @@ def parse_name(text: str) -> str:
     return str(text)
 
 
-def opt(flag: str, help: str, parse: Any = str, env: str | None = None) -> Any:
-    """Describe a config field's flag, help text, parser and extra env variable."""
-    return {"flag": flag, "help": help, "parse": parse, "env": env}
+def opt(flag: str, help: str, parse: Any = str, env: str | None = None,
+        shown: str | None = None) -> Any:
+    """Describe a config field's flag, help text, parser, extra env variable and, for a
+    default computed at start, how --help names it."""
+    return {"flag": flag, "help": help, "parse": parse, "env": env, "shown": shown}
 
 
 C = TypeVar("C")
@@ -155,19 +181,22 @@ def load_config(cls: type[C], parser: argparse.ArgumentParser, env_prefix: str,
 
 def make_parser(cls: type[Any], prog: str, env_prefix: str,
                 description: str) -> argparse.ArgumentParser:
-    """Return an argument parser with one flag per field of a config dataclass."""
+    """Return an argument parser with one flag per field of a config dataclass, and --version."""
+    from cachenode.version import version_line
+
     p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--version", action="version", version=version_line(prog))
     for f in fields(cls):
         meta = f.metadata
         default: Any = f.default
         if default is MISSING:
             default = cast(Any, f.default_factory)()
-        if isinstance(default, tuple):
-            default = ",".join(map(str, default)) if f.name == "etcd_endpoints" else (
-                f"{default[0]}:{default[1]}")
+        shown = meta.get("shown") or ((",".join(default) or "none")
+                                      if f.name == "etcd_endpoints"
+                                      else shown_default(default, meta["parse"]))
         env_name = env_prefix + meta["flag"][2:].replace("-", "_").upper()
         extra = f", or {meta['env']}" if meta["env"] else ""
-        text = f"{meta['help']} [env {env_name}{extra}; default {default}]"
+        text = f"{meta['help']} [env {env_name}{extra}; default {shown}]"
         p.add_argument(meta["flag"], dest=f.name, default=None, metavar=env_name[len(env_prefix):],
                        help=text.replace("%", "%%"))  # argparse %-formats help
     return p

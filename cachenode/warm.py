@@ -273,6 +273,7 @@ class Admin:
                 keys.add(e.key)
                 self._metrics.evict_prefix_blocks.inc()
                 self._metrics.evict_prefix_bytes.inc(e.size)
+                self._metrics.evicted_bytes.labels("evict").inc(e.size)
             for key in keys:  # its metadata would pin nothing now; let a read look again
                 self._service.invalidate(bucket, key)
             await asyncio.sleep(0)

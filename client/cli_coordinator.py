@@ -4,25 +4,27 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import shutil
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import IO, Any
 
-from client import cli_tenants
+from cachenode.settings import format_duration, parse_duration
+from client import cli_tenants, cli_versions
+from client.cli_versions import check_prefix, dump
 from client.coordinator import CoordinatorClient, Job
 from client.errors import ClientError, CoordinatorUnavailable
 from client.progress import (
-    format_bytes,
     job_lines,
     jobs_table,
-    models_table,
+    plan_lines,
     progress_line,
     summary_lines,
 )
 
+SITE_ENV = "CACHECTL_SITE"  # the site of commands that take one, when --site is not given
 NO_COORDINATOR = "no coordinator: pass --coordinator URL or set CACHECTL_COORDINATOR"
 POLL_S = 1.0  # --wait: one GET of the job this often
 GIVE_UP_S = 60.0  # --retry-for: how long a request failing for a passing reason is retried
@@ -30,19 +32,9 @@ PLAIN_EVERY_S = 5.0  # --wait without a TTY: one progress line this often
 FINISHED = {"complete": 0, "failed": 1, "cancelled": 2}  # final state -> exit code
 
 
-def _check_prefix(url: str) -> str:
-    if not url.startswith("s3://") or not url[5:].partition("/")[0]:
-        raise ClientError(f"{url!r} is not s3://<bucket>/<prefix>")
-    return url
-
-
 def _sites(values: list[str]) -> list[str]:
     """Return the sites of repeated and comma-separated --site values, in order, once each."""
     return list(dict.fromkeys(s.strip() for v in values for s in v.split(",") if s.strip()))
-
-
-def _dump(out: IO[str], key: str, value: Any) -> None:
-    out.write(json.dumps({key: value}) + "\n")
 
 
 class JobReporter:
@@ -99,13 +91,20 @@ async def wait_for(fetch: Callable[[str], Awaitable[Job]], job_id: str,
 
 async def cmd_warmup(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
     """Start a warmup job; with --wait follow it to the end and exit by its final state."""
-    job = await cc.create_job(_check_prefix(args.url), args.sites, args.verify, args.pattern,
+    if args.dry_run:
+        plan = await cc.plan(check_prefix(args.url), args.sites, args.pattern)
+        if args.json:
+            dump(out, "dry_run", plan)
+        else:
+            out.write("\n".join(plan_lines(plan)) + "\n")
+        return 0
+    job = await cc.create_job(check_prefix(args.url), args.sites, args.verify, args.pattern,
                               args.job_id)
     job_id = str(job.get("id") or "")
     if not job_id:
         raise ClientError(f"the coordinator at {cc.base_url} answered without a job id")
     if args.json and not args.wait:
-        _dump(out, "job", job)
+        dump(out, "job", job)
     elif not args.json:
         out.write(job_id + "\n")
         out.flush()
@@ -122,7 +121,7 @@ async def cmd_warmup(cc: CoordinatorClient, args: argparse.Namespace, out: IO[st
     finally:
         rep.end_line()
     if args.json:
-        _dump(out, "job", job)
+        dump(out, "job", job)
     else:
         out.write("\n".join(summary_lines(job)) + "\n")
     return FINISHED.get(str(job.get("state")), 1)
@@ -132,7 +131,7 @@ async def cmd_jobs(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]
     """List jobs, newest first."""
     jobs = await cc.jobs(args.limit)
     if args.json:
-        _dump(out, "jobs", jobs)
+        dump(out, "jobs", jobs)
     else:
         out.write("\n".join(jobs_table(jobs)) + "\n" if jobs else "no jobs\n")
     return 0
@@ -142,51 +141,12 @@ async def cmd_job(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str])
     """Show one job in detail, or (`job cancel <id>`) ask the coordinator to cancel it."""
     job = await (cc.cancel(args.job_id) if args.cancel else cc.job(args.job_id))
     if args.json:
-        _dump(out, "job", job)
+        dump(out, "job", job)
     elif args.cancel:
         out.write(f"job {job.get('id', args.job_id)}: {job.get('state', '?')}"
                   + (", cancel requested\n" if job.get("cancel_requested") else "\n"))
     else:
         out.write("\n".join(job_lines(job)) + "\n")
-    return 0
-
-
-async def cmd_models(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
-    """List model versions and their state at one site or every site."""
-    versions = await cc.models(args.site_name)
-    if args.json:
-        _dump(out, "versions", versions)
-    else:
-        out.write("\n".join(models_table(versions)) + "\n" if versions else "no model versions\n")
-    return 0
-
-
-async def cmd_version(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
-    """Pin, unpin or evict one model version at a site."""
-    op = {"pin": cc.pin, "unpin": cc.unpin, "evict": cc.evict}[args.command]
-    v = await op(_check_prefix(args.url), args.site_name)
-    if args.json:
-        _dump(out, "version", v)
-        return 0
-    what = (f"{v.get('prefix', args.url)} at {v.get('site', args.site_name)}: "
-            f"{v.get('state', '?')}, {format_bytes(v.get('bytes') or 0)}")
-    out.write({"pin": f"pinned {what}\n", "unpin": f"unpinned {what}\n",
-               "evict": f"evicting {what} (in the background: see `cachectl models "
-                        f"--site {args.site_name}`)\n"}[args.command])
-    return 0
-
-
-async def cmd_policy(cc: CoordinatorClient, args: argparse.Namespace, out: IO[str]) -> int:
-    """Show a site's keep count, or set it with --keep."""
-    if args.keep is None:
-        p = await cc.policy(args.site_name)
-    else:
-        p = await cc.set_policy(args.site_name, args.keep)
-    if args.json:
-        out.write(json.dumps(p) + "\n")
-    else:
-        out.write(f"site {p.get('site', args.site_name)} keeps the {p.get('keep', '?')} newest "
-                  "ready versions of each model, and every pinned one\n")
     return 0
 
 
@@ -213,9 +173,9 @@ def _non_negative(s: str) -> int:
 
 def _seconds(s: str) -> float:
     try:
-        n = float(s)
+        n = parse_duration(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{s} is not a duration (60s, 2m, 0)") from None
     if not 0 <= n < float("inf"):
         raise argparse.ArgumentTypeError(f"{s} is not 0 or more seconds")
     return n
@@ -237,10 +197,10 @@ def _common_options() -> argparse.ArgumentParser:
     common.add_argument("--token", default=argparse.SUPPRESS, metavar="TOKEN",
                         help="bearer token: the admin's or a tenant's [env CACHECTL_TOKEN]")
     common.add_argument("--json", action="store_true", help="print the coordinator's JSON answer")
-    common.add_argument("--retry-for", type=_seconds, default=GIVE_UP_S, metavar="SECONDS",
+    common.add_argument("--retry-for", type=_seconds, default=GIVE_UP_S, metavar="DURATION",
                         help="retry a coordinator that cannot answer now (unreachable, "
                         "502/503/504: etcd down, a failover) this long; 0: never "
-                        f"[default {GIVE_UP_S:g}]")
+                        f"[default {format_duration(GIVE_UP_S)}]")
     common.set_defaults(coordinator_command=True)
     return common
 
@@ -258,8 +218,9 @@ def add_commands(sub: Any) -> None:
     w = add("warmup", cmd_warmup, "warm every object under a prefix into the cache groups of "
             "sites (a coordinator job); prints the job id")
     w.add_argument("url", help="s3://bucket/prefix/ of one model version")
-    w.add_argument("--site", dest="sites", action="append", required=True, metavar="SITE",
-                   help="site to warm (repeat, or comma-separate: --site hz,fra)")
+    w.add_argument("--site", dest="sites", action="append", metavar="SITE",
+                   help="site to warm (repeat, or comma-separate: --site hz,fra) "
+                   f"[env {SITE_ENV}]")
     w.add_argument("--verify", action="store_true",
                    help="re-read every block already on its owner and check its crc32")
     w.add_argument("--pattern", metavar="TEMPLATE", help="how bucket/prefix names a model "
@@ -270,22 +231,29 @@ def add_commands(sub: Any) -> None:
                    "second job, it shows the first")
     w.add_argument("--wait", action="store_true", help="follow the job (progress on stderr), "
                    "print a summary; exit 0 complete, 1 failed, 2 cancelled")
+    w.add_argument("--dry-run", action="store_true", help="print the model, version, "
+                   "objects, blocks and bytes per site the job would record; change nothing")
     j = add("jobs", cmd_jobs, "list warmup jobs, newest first")
     j.add_argument("--limit", type=_positive, default=50, help="at most this many [default 50]")
     one = add("job", cmd_job, "show a job (per-site progress, failed objects), or cancel it",
               usage="cachectl job [-h] [--coordinator URL] [--json] [cancel] <id>")
     one.add_argument("words", nargs="+", action=_JobWords, metavar="[cancel] <id>",
                      help="a job id to show, or `cancel` and the id of a job to cancel")
-    m = add("models", cmd_models, "list model versions per site: state, size, pinned")
+    m = add("models", cli_versions.cmd_models, "list model versions per site: state, size, pinned; "
+            "`models forget s3://... --site S` deletes one version's record (blocks stay)",
+            usage="cachectl models [-h] [--site SITE] [--json] [forget s3://bucket/prefix/]")
     m.add_argument("--site", dest="site_name", metavar="SITE", help="only this site")
+    m.add_argument("words", nargs="*", metavar="forget URL",
+                   help="`forget s3://bucket/model/version/` with --site: delete that "
+                   "version's record (it must not be warming, evicting or pinned)")
     for name, help in (("pin", "keep a model version at a site whatever the policy"),
                        ("unpin", "let the site's policy evict a model version again"),
                        ("evict", "remove a model version from every node of a site now")):
-        v = add(name, cmd_version, help)
+        v = add(name, cli_versions.cmd_version, help)
         v.add_argument("url", help="s3://bucket/model/version/")
-        v.add_argument("--site", dest="site_name", required=True, metavar="SITE")
-    pol = add("policy", cmd_policy, "show a site's keep count, or set it with --keep")
-    pol.add_argument("--site", dest="site_name", required=True, metavar="SITE")
+        v.add_argument("--site", dest="site_name", metavar="SITE", help=f"[env {SITE_ENV}]")
+    pol = add("policy", cli_versions.cmd_policy, "show a site's keep count, or set it with --keep")
+    pol.add_argument("--site", dest="site_name", metavar="SITE", help=f"[env {SITE_ENV}]")
     pol.add_argument("--keep", type=_non_negative, metavar="K",
                      help="keep the K newest ready versions of each model (pinned ones stay too)")
     cli_tenants.add_commands(add)
@@ -301,9 +269,13 @@ async def run(args: argparse.Namespace, out: IO[str]) -> int:
     if not args.coordinator:
         raise ClientError(NO_COORDINATOR)
     if hasattr(args, "sites"):
-        args.sites = _sites(args.sites)
+        args.sites = _sites(args.sites or [os.environ.get(SITE_ENV, "")])
         if not args.sites:
-            raise ClientError("give at least one --site")
+            raise ClientError(f"give at least one --site (or set {SITE_ENV})")
+    if args.command in ("pin", "unpin", "evict", "policy") and not args.site_name:
+        args.site_name = os.environ.get(SITE_ENV, "")
+        if not args.site_name:
+            raise ClientError(f"{args.command} needs --site (or {SITE_ENV})")
     cli_tenants.check(args)
     async with CoordinatorClient(args.coordinator, retry_s=args.retry_for,
                                  note=_note, token=args.token) as cc:

@@ -21,6 +21,7 @@ from typing import IO, Any
 from cachenode.settings import parse_duration, parse_size
 from client.client import CacheClient
 from client.errors import ClientError
+from client.s3url import split_s3_url
 
 MOUNT_WAIT_S = 60.0
 
@@ -61,7 +62,6 @@ def add_command(sub: Any) -> None:
 async def run(args: argparse.Namespace, out: IO[str],
               make_client: Callable[[argparse.Namespace], CacheClient]) -> int:
     """Run `cachectl mount`: in the foreground, or start it in the background and wait."""
-    from client.cli import split_s3_url
 
     bucket, prefix = split_s3_url(args.url, want_key=False)
     if prefix and not prefix.endswith("/"):

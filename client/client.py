@@ -26,7 +26,14 @@ from cachenode.checksum import HEADER as CRC
 from cachenode.checksum import crc32c
 from cachenode.liveness import Hung, Left, Liveness
 from cachenode.ring import Ring
-from client.errors import ClientError, ObjectChanged, Unavailable, error_for, reason_of
+from client.errors import (
+    ClientError,
+    ObjectChanged,
+    Unavailable,
+    connection_reason,
+    error_for,
+    reason_of,
+)
 from client.membership import GroupView, Member, base_url, from_etcd, from_seeds
 
 log = logging.getLogger(__name__)
@@ -253,7 +260,7 @@ class CacheClient:
                                               span))
             except (aiohttp.ClientError, OSError, TimeoutError, Hung, Left) as e:
                 self._mark_down(m, e)
-                errors.append(f"{m.id}: {e or type(e).__name__}")
+                errors.append(f"{m.id}: {connection_reason(e)}")
                 continue
             if status in (200, 206):
                 if info.etag and got.get("ETag") != info.etag:
@@ -306,5 +313,5 @@ class CacheClient:
 
     def _mark_down(self, m: Member, e: BaseException) -> None:
         self.failovers += 1
-        log.info("node %s (%s) failed: %s; trying the next", m.id, m.http, e or type(e).__name__)
+        log.info("node %s (%s) failed: %s; trying the next", m.id, m.http, connection_reason(e))
         self._down_until[m.http] = time.monotonic() + 2.0

@@ -14,7 +14,12 @@ from urllib.parse import quote
 import aiohttp
 from yarl import URL
 
-from client.errors import ClientError, CoordinatorError, CoordinatorUnavailable
+from client.errors import (
+    ClientError,
+    CoordinatorError,
+    CoordinatorUnavailable,
+    connection_reason,
+)
 
 RETRY_STATUSES = frozenset({502, 503, 504})  # a proxy without a replica, etcd down, a failover
 RETRY_FIRST_S = 0.25  # the first pause between attempts; it doubles
@@ -81,6 +86,12 @@ class CoordinatorClient:
                 "verify": verify, "pattern": pattern}
         return dict(await self._call("POST", "/v1/jobs", "job", body=body))
 
+    async def plan(self, prefix: str, sites: Sequence[str], pattern: str | None = None
+                   ) -> dict[str, Any]:
+        """Return what a warmup would record and warm per site, changing nothing (a dry run)."""
+        body = {"prefix": prefix, "sites": list(sites), "pattern": pattern, "dry_run": True}
+        return dict(await self._call("POST", "/v1/jobs", "dry_run", body=body))
+
     async def jobs(self, limit: int = 50) -> list[Job]:
         """Return up to `limit` jobs, newest first."""
         return list(await self._call("GET", "/v1/jobs", "jobs", params={"limit": str(limit)}))
@@ -111,6 +122,11 @@ class CoordinatorClient:
     async def evict(self, prefix: str, site: str) -> Version:
         """Start evicting a model version from every node of a site; return the version."""
         return dict(await self._call("POST", "/v1/evict", "version",
+                                     body={"prefix": prefix, "site": site}))
+
+    async def forget(self, prefix: str, site: str) -> dict[str, Any]:
+        """Delete a version's record at a site (its blocks stay); return {version, blocks_kept}."""
+        return dict(await self._call("POST", "/v1/forget", None,
                                      body={"prefix": prefix, "site": site}))
 
     async def policy(self, site: str) -> Policy:
@@ -214,7 +230,7 @@ class CoordinatorClient:
                                          f"{method} {path} within {self.timeout_s:g}s") from None
         except (aiohttp.ClientError, OSError) as e:
             raise CoordinatorUnavailable(f"cannot reach the coordinator at {self.base_url}: "
-                                         f"{e or type(e).__name__}") from None
+                                         f"{connection_reason(e)}") from None
         answer = _json(text)
         if status >= 400:
             if isinstance(answer, dict) and answer.get("reason"):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
 
 
 class ClientError(Exception):
@@ -52,3 +54,31 @@ def error_for(status: int, body: str) -> ClientError:
     if status == 404:
         return NotFound(f"404: {reason}")
     return ClientError(f"{status}: {reason}")
+
+
+def connection_reason(e: BaseException) -> str:
+    """Return why a connection failed in a person's words, without the library's wording."""
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    os_error = getattr(e, "os_error", None)  # aiohttp's connector errors wrap the OSError
+    cause = os_error if isinstance(os_error, OSError) else e
+    if isinstance(cause, socket.gaierror):
+        return "unknown host"
+    if isinstance(cause, OSError) and cause.errno:
+        return os.strerror(cause.errno).lower()  # "connection refused", not asyncio's text
+    text = str(e)
+    for needle, reason in (("Connection refused", "connection refused"),
+                           ("DNS resolution failed", "unknown host"),
+                           ("Deadline Exceeded", "timed out")):
+        if needle in text:  # gRPC's (aetcd's) long messages
+            return reason
+    return _LIBRARY_WORDS.get(type(e).__name__) or text.replace(" ssl:default", "") or type(
+        e).__name__
+
+
+_LIBRARY_WORDS = {
+    "ServerDisconnectedError": "the server closed the connection",
+    "ClientOSError": "connection failed",
+    "ConnectionFailedError": "cannot connect",
+    "ClientPayloadError": "the answer was cut short",
+}

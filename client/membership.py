@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from client.errors import ClientError, Unavailable
+from client.errors import ClientError, Unavailable, connection_reason
 
 if TYPE_CHECKING:
     from cachenode.membership import NodeRecord  # imports aetcd: only when etcd is used
@@ -56,8 +56,11 @@ async def from_seeds(session: aiohttp.ClientSession, seeds: Sequence[str],
                         errors.append(f"{seed}: HTTP {r.status}")
                         continue
                     view = await r.json()
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as e:
-            errors.append(f"{seed}: {e or type(e).__name__}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            errors.append(f"{seed}: {connection_reason(e)}")
+            continue
+        except ValueError as e:
+            errors.append(f"{seed}: not a cache node's answer ({e})")
             continue
         members = {m["id"]: Member(m["id"], m["http"], m["grpc"], int(m["weight"]), m["state"],
                                    int(m.get("block_size", 0)))
@@ -76,10 +79,8 @@ async def from_etcd(session: aiohttp.ClientSession, endpoints: Sequence[str], cl
         try:
             records = await asyncio.wait_for(_read_site(endpoint, cluster, site), timeout_s)
             break
-        except (OSError, TimeoutError, ConnectionError) as e:
-            errors.append(f"{endpoint}: {e or type(e).__name__}")
         except Exception as e:  # aetcd wraps gRPC failures in its own exception classes
-            errors.append(f"{endpoint}: {type(e).__name__}: {e}")
+            errors.append(f"{endpoint}: {connection_reason(e)}")
     else:
         raise Unavailable("etcd unreachable: " + "; ".join(errors))
     if not records:

@@ -85,6 +85,19 @@ def _live(state: str) -> bool:
     return state in ("pending", "running")
 
 
+def job_rate(p: Mapping[str, Any], state: str) -> str:
+    """Return a job's rate: over the last seconds while it runs, its average once it ended."""
+    if _live(state):
+        return format_rate(p.get("rate_bytes_per_s") if state == "running" else None)
+    avg = p.get("average_bytes_per_s")
+    return format_rate(avg) + " avg" if avg else "-"
+
+
+def job_eta(p: Mapping[str, Any], state: str) -> str:
+    """Return a running job's ETA ('-' when it is unknown or the job is not running)."""
+    return format_duration(p.get("eta_s") if state == "running" else None)
+
+
 def progress_line(job: Mapping[str, Any], bar_width: int = 20) -> str:
     """Return one progress line of a job: bar (if `bar_width`), %, bytes, rate, ETA, blocks."""
     p, state = job.get("progress") or {}, str(job.get("state", "?"))
@@ -94,8 +107,7 @@ def progress_line(job: Mapping[str, Any], bar_width: int = 20) -> str:
         filled = int(pct / 100 * bar_width)
         parts.append("[" + "#" * filled + "." * (bar_width - filled) + "]")
     parts += [format_percent(pct).rjust(4), _bytes(p),
-              format_rate(p.get("rate_bytes_per_s") if _live(state) else None),
-              "ETA " + format_duration(p.get("eta_s") if _live(state) else None),
+              job_rate(p, state), "ETA " + job_eta(p, state),
               f"blocks {p.get('blocks_done') or 0}/{p.get('blocks_total') or 0}",
               f"failed {p.get('blocks_failed') or 0}"]
     if state != "running" or job.get("cancel_requested"):
@@ -121,9 +133,7 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> list[str]:
         p, state = j.get("progress") or {}, str(j.get("state", "?"))
         rows.append([str(j.get("id", "?")), state, str(j.get("prefix", "")),
                      ",".join(j.get("sites") or []), format_percent(percent(p, state)),
-                     _bytes(p),
-                     format_rate(p.get("rate_bytes_per_s") if _live(state) else None),
-                     format_duration(p.get("eta_s") if _live(state) else None)])
+                     _bytes(p), job_rate(p, state), job_eta(p, state)])
     return format_table(["ID", "STATE", "PREFIX", "SITES", "PROGRESS", "BYTES", "RATE", "ETA"],
                         rows, right=(4, 5, 6, 7))
 
@@ -137,8 +147,7 @@ def sites_table(job: Mapping[str, Any]) -> list[str]:
                      f"{p.get('blocks_done') or 0}/{p.get('blocks_total') or 0}",
                      str(p.get("blocks_failed") or 0), str(p.get("origin_fills") or 0),
                      str(p.get("present") or 0), str(p.get("retries") or 0),
-                     format_rate(p.get("rate_bytes_per_s") if _live(state) else None),
-                     format_duration(p.get("eta_s") if _live(state) else None)])
+                     job_rate(p, state), job_eta(p, state)])
     return format_table(["SITE", "PROGRESS", "BYTES", "BLOCKS", "FAILED", "FILLS", "PRESENT",
                          "RETRIES", "RATE", "ETA"], rows, right=tuple(range(1, 10)))
 
@@ -170,8 +179,8 @@ def summary_lines(job: Mapping[str, Any]) -> list[str]:
              f"  blocks   {p.get('blocks_done') or 0}/{p.get('blocks_total') or 0} done, "
              f"{p.get('blocks_failed') or 0} failed ({p.get('origin_fills') or 0} filled from "
              f"origin, {p.get('present') or 0} already present), {p.get('retries') or 0} retries",
-             f"  bytes    {_bytes(p)}"
-             f" of {p.get('objects') or 0} objects"]
+             f"  bytes    {_bytes(p)} of {p.get('objects') or 0} objects"
+             + (f", {rate}" if (rate := job_rate(p, str(job.get("state")))) != "-" else "")]
     if job.get("error"):
         lines.append(f"  error    {job['error']}")
     return lines + failed_lines(job)
@@ -206,3 +215,16 @@ def models_table(versions: Sequence[Mapping[str, Any]]) -> list[str]:
             for v in versions]
     return format_table(["SITE", "MODEL", "VERSION", "STATE", "BYTES", "PINNED", "READY-AT"],
                         rows, right=(4,))
+
+
+def plan_lines(plan: Mapping[str, Any]) -> list[str]:
+    """Return `warmup --dry-run`: what the job would record, and its blocks per site."""
+    rows = [[site, str(s.get("nodes", "?")), format_bytes(s.get("block_size")),
+             str(s.get("blocks", "?")), format_bytes(s.get("bytes"))]
+            for site, s in sorted((plan.get("sites") or {}).items())]
+    return [f"dry run of {plan.get('prefix', '?')}: nothing was recorded",
+            f"model     {plan.get('model', '?')}",
+            f"version   {plan.get('version', '?')}",
+            f"objects   {plan.get('objects', 0)} ({format_bytes(plan.get('bytes') or 0)})",
+            ""] + format_table(["SITE", "NODES", "BLOCK-SIZE", "BLOCKS", "BYTES"], rows,
+                               right=(1, 2, 3, 4))

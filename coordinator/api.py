@@ -10,6 +10,7 @@ policies in api_versions.py, tenants and keys in api_tenants.py; every route is 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,12 +19,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cachenode.auth.sealing import Sealer
+from cachenode.blocks import ObjectMeta
 from coordinator import audit
 from coordinator.api_tenants import TenantRoutes
 from coordinator.api_versions import VersionRoutes
 from coordinator.auth import ApiAuth, Caller
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import (
+    BadPrefix,
     BadRequest,
     BadSite,
     Conflict,
@@ -34,9 +37,10 @@ from coordinator.errors import (
     NotFound,
 )
 from coordinator.metrics import CoordinatorMetrics
-from coordinator.model import Job, job_of, same_warmup
+from coordinator.model import DEFAULT_PATTERN, Job, job_of, same_warmup
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.origin import Lister
+from coordinator.prefixes import too_high, version_folders
 from coordinator.scoping import admit, require_scope, sees_job
 from coordinator.state import StateStore
 from coordinator.tenant_store import TenantStore
@@ -134,10 +138,16 @@ class CoordinatorApi:
         audit.note(request, job=job.id)
         require_scope(caller, job.bucket, job.key_prefix)
         job.tenant = caller.name if caller.tenant is not None else ""
-        if (known := await self._store.get_job(job.id)) is not None:
+        dry_run = body.get("dry_run", False)
+        if not isinstance(dry_run, bool):
+            raise BadRequest("dry_run must be true or false")
+        if not dry_run and (known := await self._store.get_job(job.id)) is not None:
             return await self._same_job(caller, known, job)
         for site in job.sites:
             await self._site_exists(site)
+        await self._check_contents(job, explicit_pattern=bool(body.get("pattern")))
+        if dry_run:
+            return _json({"dry_run": await self._plan(job)})
         evict = await self._admit(request, caller, job)
         if not await self._store.create_job(job):  # the same id, created meanwhile
             known = await self._store.get_job(job.id)
@@ -155,7 +165,6 @@ class CoordinatorApi:
         """Check the prefix holds something and fits the tenant's quotas; return evictions."""
         t = caller.tenant
         if t is None or all(t.limits(s).quota_bytes is None for s in job.sites):
-            await self._not_empty(job.bucket, job.key_prefix)
             return []
         manifest = await self._lister.manifest(job.bucket, job.key_prefix, self._cfg.max_objects)
         job.asked_bytes = sum(o.size for o in manifest)
@@ -188,11 +197,32 @@ class CoordinatorApi:
         if not any(m.state == "up" for m in view.members.values()):
             raise BadSite(f"site {site!r} has no cache node up")
 
-    async def _not_empty(self, bucket: str, prefix: str) -> None:
-        async for page in self._lister.pages(bucket, prefix, limit=100):
-            if page:
-                return
-        raise EmptyPrefix(f"no objects under s3://{bucket}/{prefix}: nothing to warm")
+    async def _check_contents(self, job: Job, explicit_pattern: bool) -> None:
+        """Refuse an empty prefix, and a model's root under the default pattern (prefixes.py)."""
+        page: list[ObjectMeta] = []
+        async with contextlib.aclosing(self._lister.pages(job.bucket, job.key_prefix)) as pages:
+            async for page in pages:
+                break
+        if not page:
+            raise EmptyPrefix(f"no objects under {job.prefix}: nothing to warm")
+        if explicit_pattern or self._cfg.model_pattern != DEFAULT_PATTERN:
+            return
+        if folders := version_folders(job.key_prefix, [o.key for o in page]):
+            raise BadPrefix(too_high(job.bucket, job.key_prefix, folders))
+
+    async def _plan(self, job: Job) -> dict[str, Any]:
+        """Return what a job would record and warm per site (a dry run: nothing is written)."""
+        manifest = await self._lister.manifest(job.bucket, job.key_prefix, self._cfg.max_objects)
+        sites = {}
+        for site in job.sites:
+            view = await self._nodes.view(site)
+            bs = view.block_size
+            sites[site] = {"nodes": sum(m.state == "up" for m in view.members.values()),
+                           "block_size": bs, "bytes": sum(o.size for o in manifest),
+                           "blocks": sum(-(-o.size // bs) for o in manifest)}
+        return {"prefix": job.prefix, "model": job.model, "version": job.version,
+                "objects": len(manifest), "bytes": sum(o.size for o in manifest),
+                "sites": sites}
 
     async def _jobs(self, request: web.Request) -> web.Response:
         try:

@@ -33,6 +33,7 @@ class VersionRoutes:
         r.add_post("/v1/pin", self._pin)
         r.add_post("/v1/unpin", self._unpin)
         r.add_post("/v1/evict", self._evict)
+        r.add_post("/v1/forget", self._forget)
         r.add_get("/v1/sites/{site}/policy", self._policy)
         r.add_put("/v1/sites/{site}/policy", self._set_policy)
 
@@ -89,10 +90,43 @@ class VersionRoutes:
         self._wake()
         return json_answer({"version": shown(caller, v).to_dict()}, 202)
 
+    async def _forget(self, request: web.Request) -> web.Response:
+        """Delete a version's record (its pin and eviction request too); blocks stay as they are.
+
+        The way out of a version recorded by mistake (say a model's root warmed as a
+        version), which no policy would ever evict and whose eviction would take its
+        neighbours: the record goes, the blocks on the nodes do not.
+        """
+        caller, v = await self._version_of(request)
+        if v.state in ("warming", "evicting"):
+            raise Conflict(f"{v.prefix} is {v.state} at site {v.site}: "
+                           + ("cancel its job first" if v.state == "warming"
+                              else "wait until its eviction ends"))
+        if v.pinned:
+            raise Conflict(f"{v.prefix} is pinned at site {v.site}: unpin it first")
+        if not caller.admin and v.tenants != [caller.name]:
+            raise Conflict(f"{v.prefix} at site {v.site} was warmed by another tenant too: "
+                           "only the admin may forget it")
+        await self._store.clear_evict_request(v)
+        await self._store.delete_version(v)
+        return json_answer({"version": shown(caller, v).to_dict(),
+                            "blocks_kept": v.state != "evicted"})
+
     async def _policy(self, request: web.Request) -> web.Response:
         site = check_site(request.match_info["site"])
         keep = await self._store.get_keep(site) or self._cfg.keep_versions
-        return json_answer({"site": site, "keep": keep})
+        return json_answer(await self._site_note({"site": site, "keep": keep}))
+
+    async def _site_note(self, answer: dict[str, Any]) -> dict[str, Any]:
+        """Add how many cache nodes the answer's site has, and a note if it has none."""
+        site = answer["site"]
+        answer["nodes"] = len(await self._store.node_records(site))
+        if not answer["nodes"]:
+            known = await self._store.sites()
+            answer["note"] = (f"site {site!r} has no cache nodes registered in cluster "
+                              f"{self._store.cluster!r} (sites with nodes: "
+                              f"{', '.join(known) or 'none'}): the policy applies once it has")
+        return answer
 
     async def _set_policy(self, request: web.Request) -> web.Response:
         caller_of(request).require_admin("changing a site's keep policy")
@@ -103,4 +137,4 @@ class VersionRoutes:
             raise BadRequest("keep must be a whole number from 1 to 1000")
         await self._store.set_keep(site, keep)
         self._wake()
-        return json_answer({"site": site, "keep": keep})
+        return json_answer(await self._site_note({"site": site, "keep": keep}))

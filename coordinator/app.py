@@ -48,10 +48,15 @@ class Coordinator:
         # The election has its own etcd channel: a slow job write must not delay a refresh.
         self._election_store = EtcdStateStore(c.etcd_hostports, c.cluster, c.replica_id)
         self.election = Election(self._election_store, round(c.lease_ttl_s),
-                                 on_change=lambda on: self.metrics.leader.set(int(on)))
+                                 on_change=self._leading)
         self._runner: web.AppRunner | None = None
         self._election_task: asyncio.Task[None] | None = None
         self.port = 0
+
+    def _leading(self, on: bool) -> None:
+        self.metrics.leader.set(int(on))
+        if not on:
+            self.metrics.not_leading()
 
     def health(self) -> dict[str, Any]:
         """Return this replica's id, who leads as etcd lately said, and whether it could tell."""

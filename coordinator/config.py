@@ -46,7 +46,8 @@ class CoordinatorConfig:
     http_addr: tuple[str, int] = field(default=("0.0.0.0", 8070), metadata=_opt(
         "--http", "host:port of the HTTP API (cachectl) and /metrics", parse_hostport))
     replica_id: str = field(default_factory=_default_id, metadata=_opt(
-        "--id", "this replica's name in the election (default host-pid)", str))
+        "--id", "this replica's name in the election (unique per replica: a pod name)", str,
+        shown="<hostname>-<pid>"))
     lease_ttl_s: float = field(default=10.0, metadata=_opt(
         "--lease-ttl", "leader lease TTL: a dead leader is replaced within it", parse_duration))
     origin_endpoint_url: str = field(default="", metadata=_opt(

@@ -77,7 +77,7 @@ class Evictor:
     async def _evict(self, a: EvictVersion) -> None:
         """Delete a version's blocks from every node of its site; `evicted` once all did."""
         v = await self._store.get_version(a.site, a.model, a.version)
-        if v is None or v.pinned or v.state not in ("ready", "failed", "evicting"):
+        if v is None or v.pinned or v.state not in ("ready", "failed", "cancelled", "evicting"):
             return
         if v.state != "evicting":
             v.state, v.updated = "evicting", time.time()

@@ -14,7 +14,7 @@ DEFAULT_PATTERN = "{model}/{version}"
 MAX_PATTERN = 200
 JOB_STATES = ("pending", "running", "complete", "failed", "cancelled")
 FINISHED = frozenset({"complete", "failed", "cancelled"})
-VERSION_STATES = ("warming", "ready", "failed", "evicting", "evicted")
+VERSION_STATES = ("warming", "ready", "failed", "cancelled", "evicting", "evicted")
 MAX_FAILED_OBJECTS = 20  # per job: job records stay small (all are read every pass)
 MAX_REASON = 300
 _SITE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -86,8 +86,9 @@ class Progress:
     origin_fills: int = 0
     present: int = 0
     retries: int = 0
-    rate_bytes_per_s: float = 0.0
+    rate_bytes_per_s: float = 0.0  # running: over the last 10 s; ended: the average
     eta_s: float | None = None
+    average_bytes_per_s: float = 0.0  # bytes done / seconds since the job started
 
     def add(self, other: Progress) -> None:
         """Add another site's counts to these (rate added, ETA the longest)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -39,7 +39,7 @@ class Lister:
         await self._stack.aclose()
 
     async def pages(self, bucket: str, prefix: str,
-                    limit: int = PAGE) -> AsyncIterator[list[ObjectMeta]]:
+                    limit: int = PAGE) -> AsyncGenerator[list[ObjectMeta], None]:
         """Yield the objects under `prefix` a page at a time (directory markers skipped)."""
         token = ""
         while True:

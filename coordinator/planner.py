@@ -107,26 +107,29 @@ class EvictVersion:
     key_prefix: str
 
 
+UNFINISHED = ("failed", "cancelled")  # versions whose warmup ended without every block
+
+
 def evictions(versions: Iterable[Version], keep: int) -> list[EvictVersion]:
     """Return the versions of one site that fall out of its policy, or are being evicted.
 
     A site keeps, per model, its `keep` newest ready versions (by when they became ready,
-    pinned ones included) and every pinned one. A failed warmup's version leaves once a
-    newer version is ready; one still warming always stays.
+    pinned ones included) and every pinned one. A failed or cancelled warmup's version
+    leaves once a newer version is ready; one still warming always stays.
     """
     per_model: dict[str, list[Version]] = {}
     out = []
     for v in versions:
         if v.state == "evicting" and not v.pinned:
             out.append(v)
-        elif v.state in ("ready", "failed"):
+        elif v.state in ("ready", *UNFINISHED):
             per_model.setdefault(v.model, []).append(v)
     for vs in per_model.values():
         ready = sorted((v for v in vs if v.state == "ready"),
                        key=lambda v: v.ready_at or 0.0, reverse=True)
         out += [v for v in ready[keep:] if not v.pinned]
         newest = max((v.ready_at or 0.0 for v in ready), default=None)
-        out += [v for v in vs if v.state == "failed" and not v.pinned and newest is not None
+        out += [v for v in vs if v.state in UNFINISHED and not v.pinned and newest is not None
                 and v.updated < newest]
     return [EvictVersion(v.site, v.model, v.version, v.bucket, v.key_prefix)
             for v in sorted(out, key=lambda v: (v.model, v.version))]

@@ -9,7 +9,6 @@ left as it is for the next pass (or the next leader) rather than marked failed.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
@@ -22,13 +21,13 @@ from coordinator.metrics import CoordinatorMetrics
 from coordinator.model import MAX_FAILED_OBJECTS, Job, Progress, Version
 from coordinator.nodes import NodeFailed, Nodes
 from coordinator.origin import Lister
+from coordinator.rate import eta_s
 from coordinator.state import StateStore
 from coordinator.warmup import SiteLimits, SiteWarmup
 
 log = logging.getLogger(__name__)
 KEEP_FINISHED_JOBS = 100  # older finished jobs are deleted from etcd
 FLUSH_S = 1.0  # progress is written to etcd at most this often
-RATE_WINDOW_S = 10.0
 FINAL_WRITE_S = 30.0  # how long a job's end is retried while etcd does not answer
 
 
@@ -93,6 +92,7 @@ class Scheduler:
             task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
             self._running[job.id] = (job, task)
             task.add_done_callback(self._forget)
+        self._metrics.show_state(jobs, await self._store.list_versions())
         if self._sweep is None or self._sweep.done():
             self._sweep = asyncio.create_task(self._evictor.sweep(), name="evict-sweep")
             self._sweep.add_done_callback(self._sweep_done)
@@ -149,8 +149,8 @@ class Scheduler:
         except asyncio.CancelledError:
             if job.id not in self._cancelling:
                 raise  # leadership lost: the next leader resumes the job
-            self._summarize(job, runners, carried)
             job.state, job.finished = "cancelled", time.time()
+            self._summarize(job, runners, carried)
             self._metrics.jobs.labels("cancelled").inc()
             await asyncio.shield(self._final_write(job, runners))
         except (NotLeader, StateUnavailable) as e:
@@ -169,7 +169,6 @@ class Scheduler:
     def _end(self, job: Job, runners: list[SiteWarmup],
              outcomes: Sequence[bool | BaseException], carried: int) -> None:
         """Set the final state of a job whose sites all ran, and count it."""
-        self._summarize(job, runners, carried)
         errors = [f"site {r.site}: {o}" for r, o in zip(runners, outcomes, strict=True)
                   if isinstance(o, BaseException)]
         for r, o in zip(runners, outcomes, strict=True):
@@ -177,6 +176,7 @@ class Scheduler:
                 log.error("site %s of job %s crashed", r.site, job.id, exc_info=o)
         ok = not errors and all(o is True for o in outcomes)
         job.state, job.finished = ("complete" if ok else "failed"), time.time()
+        self._summarize(job, runners, carried)
         job.error = "; ".join(errors)[:1000] or (
             None if ok else f"{job.progress.blocks_failed} blocks failed")
         p = job.progress
@@ -198,10 +198,7 @@ class Scheduler:
             try:
                 for r in runners:
                     p = r.progress
-                    good = job.state == "complete" or (
-                        job.state == "failed" and p.blocks_total and p.blocks_failed == 0
-                        and p.blocks_done == p.blocks_total)
-                    await self._put_version(job, r.site, "ready" if good else "failed", p)
+                    await self._put_version(job, r.site, version_state(job, p), p)
                 await self._store.put_job(job)
                 return
             except StateUnavailable as e:
@@ -221,24 +218,21 @@ class Scheduler:
         job.sites_progress = {r.site: Progress(**vars(r.progress)) for r in runners}
         job.failed_objects = [f for r in runners for f in r.failed][:MAX_FAILED_OBJECTS]
         job.progress = total
+        ran = (job.finished or time.time()) - (job.started or time.time())
+        for p in (job.progress, *job.sites_progress.values()):
+            p.average_bytes_per_s = p.bytes_done / ran if ran > 0 else 0.0
+            if job.finished is not None:  # ended: the average is the rate, nothing is left
+                p.rate_bytes_per_s, p.eta_s = p.average_bytes_per_s, None
 
     async def _flush(self, job: Job, runners: list[SiteWarmup], carried: int) -> None:
         """Write progress (with rate and ETA) every FLUSH_S while the job runs."""
-        samples: collections.deque[tuple[float, int]] = collections.deque()
         while True:
             await asyncio.sleep(FLUSH_S)
             now = time.monotonic()
-            done = sum(r.progress.bytes_done for r in runners)
-            samples.append((now, done))
-            while samples and now - samples[0][0] > RATE_WINDOW_S:
-                samples.popleft()
-            t0, b0 = samples[0]
-            rate = max(0.0, (done - b0) / (now - t0)) if now > t0 else 0.0
             for r in runners:
                 p = r.progress
-                p.rate_bytes_per_s = rate * (p.bytes_done / done) if done else 0.0
-                left = p.bytes_total - p.bytes_done
-                p.eta_s = left / p.rate_bytes_per_s if p.rate_bytes_per_s > 0 else None
+                p.rate_bytes_per_s = r.window.rate(now)
+                p.eta_s = eta_s(p.bytes_total - p.bytes_done, p.rate_bytes_per_s)
             self._summarize(job, runners, carried)
             try:
                 await self._store.put_job(job)
@@ -255,3 +249,11 @@ class Scheduler:
         if state == "ready":
             v.ready_at = v.updated
         await self._store.put_version(v)
+
+
+def version_state(job: Job, p: Progress) -> str:
+    """Return the state a finished job leaves its version in at one site."""
+    if job.state == "complete" or (job.state == "failed" and p.blocks_total
+                                   and p.blocks_failed == 0 and p.blocks_done == p.blocks_total):
+        return "ready"  # every block of this site is on its owner (another site failed)
+    return "cancelled" if job.state == "cancelled" else "failed"

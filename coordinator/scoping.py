@@ -67,7 +67,7 @@ def evictable(tenant: str, site: str, versions: Iterable[Version], bucket: str,
               prefix: str) -> list[Version]:
     """Return the tenant's own versions at a site it may evict to make room, oldest first."""
     mine = [v for v in versions if v.site == site and v.tenants == [tenant] and not v.pinned
-            and v.state in ("ready", "failed")
+            and v.state in ("ready", "failed", "cancelled")
             and not (v.bucket == bucket and overlaps(v.key_prefix, prefix))]
     return sorted(mine, key=lambda v: (v.ready_at or v.updated, v.model, v.version))
 

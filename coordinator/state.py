@@ -224,7 +224,7 @@ class EtcdStateStore:
         return v
 
     async def delete_version(self, v: Version) -> None:
-        """Forget a version record (leader only; used for long-evicted ones)."""
+        """Forget a version record (long-evicted ones; `cachectl models forget`)."""
         await self._delete(self._vkey("versions", v.site, v.model, v.version))
 
     async def list_versions(self, site: str | None = None) -> list[Version]:

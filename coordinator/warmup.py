@@ -33,37 +33,12 @@ from coordinator.planner import (
     ring_of,
     warm_request,
 )
+from coordinator.rate import RateWindow, TokenBucket
 
 log = logging.getLogger(__name__)
 MAX_BACKOFF_S = 30.0
 MORE_ROUNDS = 4  # rounds beyond --block-attempts, for blocks whose owner left (then: give up)
 FIRST_VIEW_ATTEMPTS = 5
-
-
-class RateLimit:
-    """A byte-rate cap charged after the fact: a batch waits while the budget is in debt."""
-
-    def __init__(self, bytes_per_s: int) -> None:
-        self._rate, self._debt, self._at = bytes_per_s, 0.0, time.monotonic()
-
-    def charge(self, n: int) -> None:
-        """Count `n` bytes read from the origin."""
-        if self._rate:
-            self._settle()
-            self._debt += n
-
-    async def wait(self) -> None:
-        """Return once the bytes charged so far fit the rate."""
-        while self._rate:
-            self._settle()
-            if self._debt <= 0:
-                return
-            await asyncio.sleep(min(1.0, self._debt / self._rate))
-
-    def _settle(self) -> None:
-        now = time.monotonic()
-        self._debt = max(0.0, self._debt - (now - self._at) * self._rate)
-        self._at = now
 
 
 class BlockBudget:
@@ -93,7 +68,7 @@ class SiteLimits:
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.blocks = BlockBudget(config.site_inflight_blocks)
-        self.rate = RateLimit(config.site_origin_bytes_per_s)
+        self.rate = TokenBucket(config.site_origin_bytes_per_s)
 
 
 class SiteWarmup:
@@ -109,10 +84,12 @@ class SiteWarmup:
         self.failed: list[FailedObject] = []
         self._tasks: list[BlockTask] = []
         self._block_size = 0
+        self.window = RateWindow(time.monotonic())  # confirmed bytes, for rate and ETA
 
     async def run(self) -> bool:
         """Warm the site; return True if every block is on its owner."""
         view = await self._first_view()
+        self.window = RateWindow(time.monotonic())
         self._block_size = view.block_size
         self._tasks = await asyncio.to_thread(block_tasks, self._manifest, view.block_size)
         p = self.progress
@@ -163,6 +140,8 @@ class SiteWarmup:
     async def _round(self, todo: list[BlockTask], ring: Ring, view: GroupView) -> None:
         """Send every owner its batches, a few at a time per node."""
         batch = min(self._cfg.batch_blocks, self._cfg.site_inflight_blocks)
+        if self._limits.rate.rate:  # a batch is at most one second's worth of the cap
+            batch = max(1, min(batch, self._limits.rate.rate // max(1, self._block_size)))
         plan = await asyncio.to_thread(by_owner, todo, ring, batch)
         for t in todo:
             t.error = None
@@ -174,8 +153,8 @@ class SiteWarmup:
 
     async def _worker(self, node: str, addr: str, batches: Iterator[list[BlockTask]]) -> None:
         for batch in batches:
-            await self._limits.rate.wait()
             async with self._limits.blocks.take(len(batch)):
+                await self._limits.rate.take(sum(t.length for t in batch))
                 await self._send(node, addr, batch)
 
     async def _send(self, node: str, addr: str, batch: list[BlockTask]) -> None:
@@ -192,15 +171,16 @@ class SiteWarmup:
             for t in batch:
                 self._fail(t, name, str(e))
             return
-        filled = 0
+        unread = 0  # bytes of the batch the origin was not asked for
         for t, r in zip(batch, results, strict=True):
             status = r.get("status")
             if status in ("present", "filled"):
                 self._done(t, node, status == "filled")
-                filled += t.length if status == "filled" else 0
+                unread += 0 if status == "filled" else t.length
             else:
                 self._fail(t, str(r.get("error") or "NodeError"), str(r.get("reason", status)))
-        self._limits.rate.charge(filled)
+        self._limits.rate.give_back(unread)
+        self.window.note(time.monotonic(), self.progress.bytes_done)
 
     def _done(self, t: BlockTask, node: str, from_origin: bool) -> None:
         p = self.progress

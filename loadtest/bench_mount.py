@@ -187,7 +187,8 @@ class Bench:
 
         def get_then_work() -> int:
             subprocess.run([CACHECTL, "--nodes", ",".join(self.group.seeds), "get",
-                            f"s3://{BUCKET}/{PREFIX}", str(local)], check=True,
+                            f"s3://{BUCKET}/{PREFIX}", str(local), "--state-dir",
+                            str(local.parent / "get-state")], check=True,
                            capture_output=True, timeout=600)
             return work(local / NAME)
 

@@ -1,6 +1,6 @@
-"""Run the local stack with auth on: SeaweedFS + etcd + a group of 3 cache nodes + a
-coordinator, sharing a cluster secret, the coordinator with an admin token; create a tenant
-whose keys the reads use, warm a generated model with `cachectl warmup --wait` as that
+"""Run the local stack (`blockcache-stack --auth`: SeaweedFS + etcd + a group of 3 cache nodes
++ a coordinator, sharing a cluster secret, the coordinator with an admin token); create a
+tenant whose keys the reads use, warm a generated model with `cachectl warmup --wait` as that
 tenant, then read it through the group (ring-aware client, plain HTTP range GETs via one
 node, `cachectl get`) with no origin reads, verifying every byte against the origin."""
 
@@ -22,16 +22,10 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from client import CacheClient  # noqa: E402
-from tests.cluster import LocalGroup  # noqa: E402
-from tests.coordproc import CoordinatorProcess  # noqa: E402
-from tests.servers import Etcd, SeaweedFS  # noqa: E402
-from tests.tenantstack import (  # noqa: E402
-    Key,
-    create_tenant,
-    secured_coordinator,
-    secured_group,
-    write_secrets,
-)
+from client.stack.auth import Key, create_tenant  # noqa: E402
+from client.stack.coordinator import CoordinatorProcess  # noqa: E402
+from client.stack.group import LocalGroup  # noqa: E402
+from client.stack.run import Stack, StackConfig  # noqa: E402
 
 BUCKET, PREFIX = "models", "demo-llm/v1/"
 PART = 4 * 1024 * 1024
@@ -133,43 +127,40 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=384, help="model size to generate")
     ap.add_argument("--nodes", type=int, default=3, help="cache nodes in the group")
     ap.add_argument("--parallel", type=int, default=8, help="blocks in flight per file")
-    ap.add_argument("--keep", action="store_true", help="keep serving until Ctrl-C")
+    ap.add_argument("--origin-rate", default="40MB", help="the warmup's origin cap per site "
+                    "(the coordinator's --site-origin-rate), so its progress shows a rate")
+    ap.add_argument("--keep", action="store_true", help="keep the stack serving until Ctrl-C "
+                    "(or run blockcache-stack yourself)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="blockcache-demo-") as tmp:
         work = Path(tmp)
         print(f"generating a {args.size_mib} MiB demo model ...")
         files = make_model(work / "model", args.size_mib)
-        with SeaweedFS(work / "seaweedfs") as s3, Etcd(work / "etcd") as etcd:
-            print(f"SeaweedFS S3 on {s3.endpoint_url}, etcd on {etcd.endpoint}; "
-                  f"uploading s3://{BUCKET}/{PREFIX}")
-            s3.make_bucket(BUCKET)
-            for key, path in files.items():
-                s3.put_file(BUCKET, key, path)
-            cluster_secret, admin_file, admin = write_secrets(work / "secrets")
-            print(f"auth on: cluster secret {cluster_secret}, admin token {admin_file}")
-            with secured_group(work / "group", s3.env(), etcd.endpoint, args.nodes,
-                               cluster_secret, "--capacity", "2GiB", "--log-level", "WARNING",
-                               site="local") as group:
-                coord = secured_coordinator(work, s3.env(), etcd.endpoint, group.cluster,
-                                            cluster_secret, admin_file, "--log-level",
-                                            "WARNING", replica="coord-0").start()
+        print(f"$ blockcache-stack --auth --nodes {args.nodes} --site-origin-rate "
+              f"{args.origin_rate}   (SeaweedFS, etcd, the group, a coordinator)")
+        config = StackConfig(base_dir=work / "stack", nodes=args.nodes, buckets=(BUCKET,),
+                             auth=True, site_origin_rate=args.origin_rate)
+        with Stack(config) as stack:
+            print(stack.describe())
+            print(f"uploading s3://{BUCKET}/{PREFIX} to the origin")
+            for name, path in files.items():
+                stack.s3.put_file(BUCKET, name, path)
+            assert stack.group is not None and stack.coordinator is not None
+            group, coord = stack.group, stack.coordinator
+            print(f"$ cachectl tenant create demo --read s3://{BUCKET}/{PREFIX} "
+                  f"--quota {config.site}=1GiB   (with the admin token)")
+            key = create_tenant(coord, stack.admin_token, "demo", "--read",
+                                f"s3://{BUCKET}/{PREFIX}", "--quota", f"{config.site}=1GiB")
+            print(f"tenant demo: access key {key.key_id}, its secret and token "
+                  "printed once (the reads below use the token)")
+            run(group, coord, files, args, work, key)
+            if args.keep:
+                print("serving until Ctrl-C (the export lines above reach it)")
                 try:
-                    print(f"$ cachectl tenant create demo --read s3://{BUCKET}/{PREFIX} "
-                          "--quota local=1GiB   (with the admin token)")
-                    key = create_tenant(coord, admin, "demo", "--read",
-                                        f"s3://{BUCKET}/{PREFIX}", "--quota", "local=1GiB")
-                    print(f"tenant demo: access key {key.key_id}, its secret and token "
-                          "printed once (the reads below use the token)")
-                    run(group, coord, files, args, work, key)
-                finally:
-                    coord.stop()
-                if args.keep:
-                    print(f"serving; try: curl -r 0-99 -H 'Authorization: Bearer {key.token}' "
-                          f"{group.nodes[0].url}/{BUCKET}/{PREFIX}config.json   (Ctrl-C to stop)")
-                    try:
-                        group.nodes[0].proc.wait()  # type: ignore[union-attr]
-                    except KeyboardInterrupt:
-                        pass
+                    while stack.dead() is None:
+                        time.sleep(1.0)
+                except KeyboardInterrupt:
+                    pass
     return 0
 
 
@@ -204,11 +195,12 @@ def run(group: LocalGroup, coord: CoordinatorProcess, files: dict[str, Path],
     per_node = [int(n.metric("blockcache_store_blocks")) for n in group.nodes]
     print(f"blocks per node: {per_node} (each block stored once, on its owner)")
     out = work / "download"
-    subprocess.run([*cachectl, "--nodes", seeds, "get", f"s3://{BUCKET}/{PREFIX}", str(out)],
+    subprocess.run([*cachectl, "--nodes", seeds, "get", f"s3://{BUCKET}/{PREFIX}", str(out),
+                    "--state-dir", str(work / "get-state")],
                    check=True, stdout=subprocess.DEVNULL)
-    for key, path in files.items():
-        if sha256_file(out / key[len(PREFIX):]) != sha256_file(path):
-            raise SystemExit(f"MISMATCH: cachectl get of {key}")
+    for name, path in files.items():
+        if sha256_file(out / name[len(PREFIX):]) != sha256_file(path):
+            raise SystemExit(f"MISMATCH: cachectl get of {name}")
     print(f"cachectl get s3://{BUCKET}/{PREFIX} -> {len(files)} files")
     subprocess.run([*cachectl, "--coordinator", coord.url, "models"], check=True)
     subprocess.run([*cachectl, "--coordinator", coord.url, "tenant", "show", "demo"], check=True)

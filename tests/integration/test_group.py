@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -19,6 +20,7 @@ import pytest
 from cachenode.blocks import block_id
 from cachenode.ring import Ring, moved_fraction
 from client import CacheClient, open_object
+from client.cli_get import Tags
 from tests.cluster import LocalGroup
 from tests.integration.test_node_s3 import pattern, range_gets
 from tests.servers import Etcd
@@ -203,12 +205,16 @@ def test_cachectl_get_downloads_a_prefix_resumes_and_skips(group: LocalGroup, s3
     out = tmp_path / "dl"
     # --etcd: learn the group from etcd instead of seeds
     cmd = [CACHECTL, "--etcd", etcd.endpoint, "--cluster", group.cluster, "--site", group.site,
-           "get", f"s3://{bucket}/llm/v1/", str(out)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+           "get", f"s3://{bucket}/llm/v1/", str(out), "--json"]
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     for key, data in files.items():
         assert (out / key[len("llm/v1/"):]).read_bytes() == data
-    assert not (out / "other.bin").exists() and not list(out.rglob("*.part"))
+    # The model folder holds the model's files only: the resume state is kept elsewhere.
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "config.json", "model-1.safetensors", "sub/tok.json"]
+    tags = Tags(out, tmp_path / "cache" / "blockcache" / "get")
     summary = json.loads(r.stdout)
     assert summary["files"] == 3 and summary["fetched_bytes"] == sum(map(len, files.values()))
     # A re-run skips complete files; a cut-short part resumes at its last whole block.
@@ -217,11 +223,14 @@ def test_cachectl_get_downloads_a_prefix_resumes_and_skips(group: LocalGroup, s3
     big.rename(part)
     with open(part, "r+b") as f:
         f.truncate(BS + 5)
-    (out / f".{part.name}.etag").write_text((out / f".{big.name}.etag").read_text())
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    tags.set(part, tags.get(big))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert big.read_bytes() == files["llm/v1/model-1.safetensors"]
     assert json.loads(r.stdout)["fetched_bytes"] == 2 * BS + 17
+    human = subprocess.run(cmd[:-1], capture_output=True, text=True, env=env)
+    assert human.returncode == 0 and human.stdout.startswith("3 files, "), human
+    assert "(0 B fetched, the rest already there)" in human.stdout, human
     bad = subprocess.run([CACHECTL, "--nodes", group.seeds[0], "get", f"s3://{bucket}/nope/",
                           str(out)], capture_output=True, text=True)
     assert bad.returncode == 1 and "nothing under" in bad.stderr

@@ -287,11 +287,17 @@ def test_cachectl_stat_and_cat(node: NodeProcess, objects: dict[str, bytes]) -> 
     import subprocess
     import sys
     cachectl = [str(Path(sys.executable).parent / "cachectl"), "--node", node.url]
-    out = subprocess.run([*cachectl, "stat", "s3://exact/sizes/block_plus_one.bin"],
+    out = subprocess.run([*cachectl, "stat", "s3://exact/sizes/block_plus_one.bin", "--json"],
                          capture_output=True, check=True, text=True).stdout
     assert json.loads(out)["size"] == BS + 1
+    line = subprocess.run([*cachectl, "stat", "s3://exact/sizes/block_plus_one.bin"],
+                          capture_output=True, check=True, text=True).stdout
+    assert line.startswith("s3://exact/sizes/block_plus_one.bin  4.0 MiB (4194305 bytes)  etag")
     got = subprocess.run([*cachectl, "cat", "s3://exact/sizes/block_plus_one.bin", "--range",
                           f"{BS - 2}-"], capture_output=True, check=True).stdout
     assert got == objects["block_plus_one"][BS - 2:]
     r = subprocess.run([*cachectl, "cat", "s3://exact/nope"], capture_output=True, text=True)
     assert r.returncode == 1 and "404" in r.stderr and "no such key" in r.stderr
+    r = subprocess.run([*cachectl, "stat", "s3://no-such-bucket-xyz/k"], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and "no such bucket" in r.stderr, r.stderr

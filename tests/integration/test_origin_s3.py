@@ -39,7 +39,7 @@ async def test_head_and_ranged_get_pin_the_etag(s3: SeaweedFS, bucket: str,
             await origin.get_range(meta, 0, 4)
         with pytest.raises(OriginNotFound, match="no such key"):
             await origin.head(bucket, "missing")
-        with pytest.raises(OriginNotFound):
+        with pytest.raises(OriginNotFound, match="no such bucket"):
             await origin.head("no-such-bucket-xyz", "k")
     finally:
         await origin.close()

@@ -158,7 +158,7 @@ async def test_capacity_holds_with_eviction_under_bounded_concurrency(
     assert max(on_disk for _, on_disk in seen) <= store.capacity
     assert store.block_count == 8 and store.used_bytes == disk_bytes(store.root) == 8 * BS
     assert metrics.value("blockcache_evictions_total") == 42
-    assert metrics.value("blockcache_evicted_bytes_total") == 42 * BS
+    assert metrics.value("blockcache_evicted_bytes_total", reason="capacity") == 42 * BS
     assert len(block_files(store.root)) == 8
 
 

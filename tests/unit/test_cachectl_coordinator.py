@@ -181,12 +181,6 @@ def test_warmup_arguments() -> None:
     assert (b.verify, b.pattern, b.wait, b.json) == (False, None, False, False)
 
 
-def test_warmup_needs_a_site(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as e:
-        parse("warmup", "s3://b/m/v2/")
-    assert e.value.code == 2 and "--site" in capsys.readouterr().err
-
-
 def test_coordinator_flag_before_or_after_the_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHECTL_COORDINATOR", "env:1")
     assert parse("jobs").coordinator == "env:1"
@@ -204,8 +198,7 @@ def test_job_show_or_cancel() -> None:
 
 @pytest.mark.parametrize("argv", [["job"], ["job", "cancel"], ["job", "w-1", "w-2"],
                                   ["job", "cancel", "w-1", "w-2"], ["jobs", "--limit", "0"],
-                                  ["pin", "s3://b/m/v1/"], ["policy", "--site", "hz",
-                                                            "--keep", "-1"]])
+                                  ["policy", "--site", "hz", "--keep", "-1"]])
 def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         parse(*argv)
@@ -236,7 +229,22 @@ def test_bad_prefix_and_empty_site(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["warmup", "b/m/v2/", "--site", "hz", "--coordinator", "127.0.0.1:9"]) == 1
     assert capsys.readouterr().err == "cachectl: 'b/m/v2/' is not s3://<bucket>/<prefix>\n"
     assert main(["warmup", "s3://b/m/", "--site", ",", "--coordinator", "127.0.0.1:9"]) == 1
-    assert capsys.readouterr().err == "cachectl: give at least one --site\n"
+    assert capsys.readouterr().err == "cachectl: give at least one --site (or set CACHECTL_SITE)\n"
+
+
+def test_the_site_comes_from_cachectl_site_when_not_given(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The export lines of blockcache-stack set CACHECTL_SITE: warmup, pin, policy use it."""
+    monkeypatch.delenv("CACHECTL_SITE", raising=False)
+    coord = ["--coordinator", "127.0.0.1:9", "--retry-for", "0"]
+    assert main(["warmup", "s3://b/m/v1/", *coord]) == 1
+    assert capsys.readouterr().err == "cachectl: give at least one --site (or set CACHECTL_SITE)\n"
+    assert main(["pin", "s3://b/m/v1/", *coord]) == 1
+    assert capsys.readouterr().err == "cachectl: pin needs --site (or CACHECTL_SITE)\n"
+    monkeypatch.setenv("CACHECTL_SITE", "hz")
+    for argv in (["warmup", "s3://b/m/v1/"], ["pin", "s3://b/m/v1/"], ["policy"]):
+        assert main([*argv, *coord]) == 1
+        assert "cannot reach the coordinator" in capsys.readouterr().err  # past the site check
 
 
 @pytest.mark.parametrize("url, base", [
@@ -436,3 +444,19 @@ def test_wait_stops_at_once_on_a_client_error() -> None:
     with pytest.raises(CoordinatorError, match="no job w-1"):
         asyncio.run(wait_for(fetch, "w-1", lambda j: None, poll_s=0.01))
     assert fetch.calls == 1
+
+
+def test_rates_running_and_finished() -> None:
+    """A running job shows its window rate and ETA; a finished one its average, no ETA."""
+    from client.progress import job_eta, job_rate
+
+    running = {"rate_bytes_per_s": 8 * 2**20, "eta_s": 65, "average_bytes_per_s": 7 * 2**20}
+    assert job_rate(running, "running") == "8.0 MiB/s"
+    assert job_eta(running, "running") == "1m05s"
+    done = {"rate_bytes_per_s": 7 * 2**20, "eta_s": None, "average_bytes_per_s": 7 * 2**20}
+    assert job_rate(done, "complete") == "7.0 MiB/s avg"
+    assert job_eta(done, "complete") == "-"
+    assert job_rate({}, "pending") == "-"
+    j = job(state="complete", finished=1764400066.0, progress={**job()["progress"],
+                                                                "average_bytes_per_s": 2**20})
+    assert summary_lines(j)[2].endswith("of 12 objects, 1.0 MiB/s avg")

@@ -1,0 +1,1 @@
+"""A local blockcache stack on loopback: SeaweedFS, etcd, cache nodes and a coordinator."""
