@@ -130,6 +130,13 @@ class S3Origin:
         self._metrics.origin_bytes.inc(length)
         return data
 
+    async def read_into(self, meta: ObjectMeta, start: int, into: memoryview,
+                        landed: Callable[[int], None]) -> None:
+        """Land `len(into)` bytes at `start` of the pinned version in `into`."""
+        data = await self.get_range(meta, start, len(into))
+        into[:len(data)] = data
+        landed(len(data))
+
     async def list_objects(self, query: ListQuery) -> ListPage:
         """Return one page of a bucket listing (ListObjectsV2 at the origin)."""
         q = query

@@ -29,6 +29,7 @@ from cachenode.errors import (
     TenantThrottled,
 )
 from cachenode.fill import Filler
+from cachenode.filling import LiveBlock
 from cachenode.limits import node_share
 from cachenode.metrics import NodeMetrics
 from cachenode.qos import NOBODY, Charge
@@ -174,18 +175,32 @@ class Router:
 
     async def read_block(self, ref: BlockRef, hops: int = 0, cached_only: bool = False,
                          charge: Charge = NOBODY) -> OpenBlock | Fetched:
-        """Return a block as an open file (local disk; caller closes) or as fetched bytes.
+        """Return a block as an open file (local disk; caller closes) or as fetched bytes."""
+        got = await self.read_live(ref, hops, cached_only, charge)
+        if not isinstance(got, LiveBlock):
+            return got
+        whole = await self.filler.settle(got)
+        return whole if isinstance(whole, OpenBlock) else Fetched(whole, "origin")
+
+    async def read_live(self, ref: BlockRef, hops: int = 0, cached_only: bool = False,
+                        charge: Charge = NOBODY) -> OpenBlock | Fetched | LiveBlock:
+        """Return a block as an open file (local disk), fetched bytes (from its owner) or the
+        fill here it is read from as it lands; the caller closes files and fills.
 
         `hops` > 0: another node forwarded the read; serve it here (disk, else origin).
-        `cached_only`: a handoff question; answer from disk or raise BlockNotCached.
+        `cached_only`: a handoff question; answer from disk (or a block landed a moment ago)
+        or raise BlockNotCached.
         A fill (here or on the owner) is charged to `charge.tenant`.
         """
         ob = await self.filler.open_stored(ref)  # checked: a bad copy is dropped, a miss
         if ob is not None:
             self._metrics.hits.inc()
             return ob
-        if cached_only:
-            raise BlockNotCached(ref.block_id)
+        if cached_only:  # on disk, or landed here a moment ago and being written
+            landed = self.filler.landed(ref)
+            if landed is None:
+                raise BlockNotCached(ref.block_id)
+            return landed
         owners = self.owners(ref) if hops == 0 else []
         if owners and owners[0] != self.node_id:
             bid = ref.block_id
@@ -197,8 +212,7 @@ class Router:
                 self._metrics.peer_reads.labels("recent").inc()
             if data is not None:
                 return Fetched(data, "peer")
-        got = await self.filler.read_block(ref, charge)
-        return got if isinstance(got, OpenBlock) else Fetched(got, "origin")
+        return await self.filler.read_live(ref, charge)
 
     async def _shared_peer_read(self, owners: list[str], ref: BlockRef,
                                 charge: Charge) -> bytes | None:

@@ -25,7 +25,7 @@ class OpenBlock:
         os.close(self.fd)
 
 
-def write_block_file(tmp: Path, final: Path, data: bytes, fsync: bool) -> int:
+def write_block_file(tmp: Path, final: Path, data: bytes | bytearray, fsync: bool) -> int:
     """Write `data` to `tmp` (fsync'd if asked), rename it to `final`; return its CRC-32C."""
     crc = crc32c(data)
     with open(tmp, "wb") as f:
