@@ -39,7 +39,7 @@ async def test_a_cut_body_is_resumed_where_it_stopped(s3: SeaweedFS, bucket: str
             meta = await origin.head(bucket, "dir/a b+ü%~.bin")
             proxy.reset()
             proxy.cut_next(1, after_bytes=MiB + 12345)
-            buf, seen = bytearray(len(data)), []
+            buf, seen = bytearray(len(data)), list[int]()
             await origin.read_into(meta, 0, memoryview(buf), seen.append)
             assert bytes(buf) == data and seen[-1] == len(data)
             assert seen == sorted(seen)  # landed only grows, across the two GETs
