@@ -17,7 +17,7 @@ from typing import IO
 from cachenode.errors import CacheError
 from cachenode.ranges import parse_range
 from cachenode.ring import Ring
-from client import cli_coordinator
+from client import cli_coordinator, cli_mount
 from client.client import CacheClient, ObjectInfo
 from client.errors import ClientError
 
@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("url", help="s3://bucket/prefix")
     g.add_argument("dir", help="destination directory")
     g.set_defaults(fn=cmd_get)
+    cli_mount.add_command(sub)
     cli_coordinator.add_commands(sub)
     return p
 
@@ -245,6 +246,8 @@ async def run(args: argparse.Namespace, out: IO[str]) -> int:
     """Run one command with a client for the group (or the coordinator); return the exit code."""
     if getattr(args, "coordinator_command", False):
         return await cli_coordinator.run(args, out)
+    if getattr(args, "mount_command", False):
+        return await cli_mount.run(args, out, make_client)
     async with make_client(args) as c:
         await args.fn(c, args, out)
     return 0
@@ -253,6 +256,7 @@ async def run(args: argparse.Namespace, out: IO[str]) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run cachectl; exit 1 with a reason on failure (warmup --wait: 2 if the job was cancelled)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # a background mount reruns it
     try:
         return asyncio.run(run(args, sys.stdout))
     except ClientError as e:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import logging
 import time
 import urllib.parse
@@ -27,7 +26,7 @@ from cachenode.checksum import HEADER as CRC
 from cachenode.checksum import crc32c
 from cachenode.liveness import Hung, Left, Liveness
 from cachenode.ring import Ring
-from client.errors import ClientError, NotFound, ObjectChanged, Unavailable
+from client.errors import ClientError, ObjectChanged, Unavailable, error_for, reason_of
 from client.membership import GroupView, Member, base_url, from_etcd, from_seeds
 
 log = logging.getLogger(__name__)
@@ -86,6 +85,7 @@ class CacheClient:
         self.view: GroupView | None = None
         self._ring: Ring | None = None
         self._learned = 0.0
+        self._refreshing: asyncio.Future[None] | None = None  # the background refresh
         self._down_until: dict[str, float] = {}
         self._liveness = Liveness()  # a hung node is given up in seconds, not at the deadline
         self.failovers = 0  # requests moved to another node after one failed
@@ -114,6 +114,9 @@ class CacheClient:
 
     async def close(self) -> None:
         """Close the connection pool."""
+        if self._refreshing is not None:
+            self._refreshing.cancel()
+            await asyncio.gather(self._refreshing, return_exceptions=True)
         await self._liveness.close()
         if self._session is not None:
             await self._session.close()
@@ -133,14 +136,22 @@ class CacheClient:
         return view
 
     async def _current(self) -> GroupView:
-        if self.view is None or time.monotonic() - self._learned > self._refresh_s:
-            try:
-                await self.refresh()
-            except Unavailable:
-                if self.view is None:
-                    raise  # nothing learned yet; otherwise keep the last view
+        """Return the group's view; a stale one is refreshed in the background, one refresh
+        at a time, so no read waits on etcd or on a seed that hangs."""
+        if self.view is None:
+            await self.refresh()
+        elif time.monotonic() - self._learned > self._refresh_s and (
+                self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.ensure_future(self._refresh_quietly())
         assert self.view is not None
         return self.view
+
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self.refresh()
+        except ClientError as e:  # keep the last view; try again after refresh_s
+            self._learned = time.monotonic()
+            log.info("keeping the last view of the group: %s", e)
 
     def owners(self, info: ObjectInfo, index: int) -> list[Member]:
         """Return the nodes to ask for a block: owners first, then every other member."""
@@ -161,6 +172,13 @@ class CacheClient:
         return ObjectInfo(bucket, key, int(headers["Content-Length"]), headers["ETag"],
                           email.utils.parsedate_to_datetime(lm).timestamp() if lm else 0.0)
 
+    async def revalidate(self, info: ObjectInfo, timeout_s: float | None = None) -> None:
+        """Check that the object still has the pinned ETag (a HEAD with If-Match through a
+        node): ObjectChanged if not, NotFound if it is gone, Unavailable if nobody answers."""
+        async with asyncio.timeout(timeout_s):
+            view = await self._current()
+            await self._fetch(self._spread(view, f"{info.bucket}/{info.key}"), "HEAD", info, None)
+
     async def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[ObjectInfo]:
         """Yield the objects under `prefix` (listed by a node from origin), page by page."""
         view = await self._current()
@@ -173,7 +191,7 @@ class CacheClient:
                     async with self._http().get(
                             f"{base_url(m.http)}/_list/{urllib.parse.quote(bucket)}?{q}") as r:
                         if r.status != 200:
-                            raise _error(r.status, await r.text())
+                            raise error_for(r.status, await r.text())
                         page = await r.json()
                         break
                 except (aiohttp.ClientError, OSError, TimeoutError) as e:
@@ -237,22 +255,23 @@ class CacheClient:
                 self._mark_down(m, e)
                 errors.append(f"{m.id}: {e or type(e).__name__}")
                 continue
-            text = body.decode("utf-8", "replace") or got.get("X-Blockcache-Reason", "")
             if status in (200, 206):
                 if info.etag and got.get("ETag") != info.etag:
                     errors.append(f"{m.id}: sent ETag {got.get('ETag')}")
                     continue  # that node knows another version: ask the next
                 return got, body
+            # only an error body is text (decoding a 4 MiB block took most of a read's CPU)
+            text = body.decode("utf-8", "replace") or got.get("X-Blockcache-Reason", "")
             if status == 503:
-                errors.append(f"{m.id}: HTTP 503 {_reason(text)}")
+                errors.append(f"{m.id}: HTTP 503 {reason_of(text)}")
                 continue
             if status >= 500:  # the origin failed for this node: it would for the others
-                errors.append(f"{m.id}: HTTP {status} {_reason(text)}")
+                errors.append(f"{m.id}: HTTP {status} {reason_of(text)}")
                 break
             if status == 412:
                 raise ObjectChanged(f"s3://{info.bucket}/{info.key} changed at origin (pinned "
                                     f"ETag {info.etag} is gone); stat it again")
-            raise _error(status, text)
+            raise error_for(status, text)
         raise Unavailable(f"no node could serve s3://{info.bucket}/{info.key}: "
                           + "; ".join(errors[-4:]))
 
@@ -289,17 +308,3 @@ class CacheClient:
         self.failovers += 1
         log.info("node %s (%s) failed: %s; trying the next", m.id, m.http, e or type(e).__name__)
         self._down_until[m.http] = time.monotonic() + 2.0
-
-
-def _reason(body: str) -> str:
-    try:
-        return str(json.loads(body)["reason"])
-    except (ValueError, KeyError, TypeError):
-        return body.strip()[:200]
-
-
-def _error(status: int, body: str) -> ClientError:
-    reason = _reason(body)
-    if status == 404:
-        return NotFound(f"404: {reason}")
-    return ClientError(f"{status}: {reason}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 
 class ClientError(Exception):
     """A read through the cache failed; `str()` says why."""
@@ -34,3 +36,19 @@ class CoordinatorError(ClientError):
 
 class CoordinatorUnavailable(Unavailable):
     """The coordinator could not be reached or did not answer in time; `str()` names its URL."""
+
+
+def reason_of(body: str) -> str:
+    """Return the reason of a node's JSON error body (else the body's start)."""
+    try:
+        return str(json.loads(body)["reason"])
+    except (ValueError, KeyError, TypeError):
+        return body.strip()[:200]
+
+
+def error_for(status: int, body: str) -> ClientError:
+    """Return the error for a node's final 4xx answer."""
+    reason = reason_of(body)
+    if status == 404:
+        return NotFound(f"404: {reason}")
+    return ClientError(f"{status}: {reason}")
