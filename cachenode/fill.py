@@ -67,6 +67,8 @@ class Filler:
         self._writes: set[Write] = set()
         # Asked before the origin on a miss: the block from a previous owner, or None.
         self.handoff: Callable[[BlockRef], Awaitable[bytes | None]] | None = None
+        # Called once, as the first origin GET starts (its Unix time), then set to None.
+        self.first_fill: Callable[[float], None] | None = None
 
     async def close(self) -> None:
         """Cancel the fills in flight and let the blocks already fetched reach the disk."""
@@ -341,6 +343,9 @@ class Filler:
 
     async def _fetch(self, ref: BlockRef, charge: Charge, fill: Fill) -> None:
         async with self._limit:
+            if (first := self.first_fill) is not None:
+                self.first_fill = None
+                first(time.time())
             self._metrics.fills.inc()
             t0 = time.monotonic()
             await self._origin.read_into(ref.obj, ref.start, fill.target(), fill.landed)
