@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,13 +34,16 @@ class CountingProxy:
     """A reverse proxy to `upstream` on 127.0.0.1, served from its own thread and event loop."""
 
     def __init__(self, upstream: str, port: int | None = None, chunk_bytes: int = 256 * 1024,
-                 rate_bytes_s: float | None = None, latency_s: float = 0.0) -> None:
+                 rate_bytes_s: float | None = None, latency_s: float = 0.0,
+                 latency_max_s: float | None = None) -> None:
         """Describe a proxy; `rate_bytes_s` shapes every response body together (one link),
-        `latency_s` delays each request before it is forwarded (a distant origin)."""
+        `latency_s` delays each request before it is forwarded (a distant origin), or a
+        delay drawn uniformly from [`latency_s`, `latency_max_s`] if that is given."""
         self.upstream = upstream.rstrip("/")
         self.port = port or free_port()
         self.chunk_bytes = chunk_bytes
         self.rate_bytes_s, self.latency_s = rate_bytes_s, latency_s
+        self.latency_max_s = latency_max_s
         self._cuts: list[int] = []  # bodies to cut after so many bytes; guarded by _lock
         self._link_free_at = 0.0  # loop time the shaped link is next free; touched on _loop
         self._counts = Counts()  # guarded by _lock
@@ -172,7 +176,9 @@ class CountingProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """Send the request on unchanged (raw path, query, Host, Authorization); stream back."""
         self._count(request)
-        if self.latency_s:
+        if self.latency_max_s is not None:
+            await asyncio.sleep(random.uniform(self.latency_s, self.latency_max_s))
+        elif self.latency_s:
             await asyncio.sleep(self.latency_s)
         if self._hang_release is not None:
             forward = await asyncio.shield(self._hang_release)
