@@ -130,7 +130,8 @@ class Bench:
         from tests.nodeproc import NodeProcess
 
         n = NodeProcess(self.tmp / f"node{len(self.nodes)}",
-                        {**self.s3.env(), "AWS_ENDPOINT_URL": origin_url}, *NODE_ARGS)
+                        {**self.s3.env(), "AWS_ENDPOINT_URL": origin_url}, *NODE_ARGS,
+                        *self.args.node_arg)
         self.nodes.append(n)
         return n.start()
 
@@ -399,6 +400,9 @@ def parse_args() -> argparse.Namespace:
                                        "also shapes (c) and (d) (default 1,2)")
     p.add_argument("--link-latency-ms", dest="link_latency_text", default="5-20")
     p.add_argument("--profile", action="store_true", help="py-spy the node in (a)'s cold read")
+    p.add_argument("--node-arg", action="append", default=[], metavar="ARG",
+                   help="extra cachenode argument for (a) and (b) (repeat; e.g. "
+                        "--node-arg=--readahead --node-arg=8)")
     p.add_argument("--keep-tmp", action="store_true")
     p.add_argument("--reader", help=argparse.SUPPRESS)
     p.add_argument("--reader-size", type=int, help=argparse.SUPPRESS)
@@ -425,7 +429,7 @@ def main() -> int:
     out: dict[str, Any] = {"meta": {
         "stamp": stamp, "argv": sys.argv, "parts": a.parts, "size": a.size,
         "model_size": a.model_size, "link_gbit": a.gbits, "link_latency_ms": a.link_latency_ms,
-        "node_args": list(NODE_ARGS), "cpus": h.NCPU, "kernel": platform.release(),
+        "node_args": [*NODE_ARGS, *a.node_arg], "cpus": h.NCPU, "kernel": platform.release(),
         "python": platform.python_version()}}
     b = Bench(a, tmp, out)
     failed: BaseException | None = None
