@@ -109,7 +109,11 @@ class NodeConfig:
         "retried with backoff; a refused connection is not, and fails misses at once for 1s",
         int))
     readahead_blocks: int = field(default=4, metadata=_opt(
-        "--readahead", "blocks fetched ahead of the one being sent, per response", int))
+        "--readahead", "blocks fetched ahead of the one being sent, per response, at least "
+        "(0: none)", int))
+    readahead_max_blocks: int = field(default=16, metadata=_opt(
+        "--readahead-max", "blocks a response may fetch ahead when its reader keeps waiting "
+        "for blocks not yet started (a high-latency origin); at least --readahead", int))
     memory_budget_bytes: int = field(default=128 * 2**20, metadata=_opt(
         "--memory-budget", "block bytes all responses together may hold in memory (blocks "
         "from other nodes, until sent; blocks stored here are sent from their files)",
@@ -208,6 +212,8 @@ class NodeConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= self.readahead_blocks <= 64:
             raise ConfigError("--readahead must be between 0 and 64")
+        if not 0 <= self.readahead_max_blocks <= 64:  # below --readahead: --readahead
+            raise ConfigError("--readahead-max must be between 0 and 64")
         if self.metadata_ttl_s < 0:
             raise ConfigError("--metadata-ttl must not be negative")
         if self.memory_budget_bytes < bs:

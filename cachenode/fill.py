@@ -1,5 +1,9 @@
 """Block reads: local hit, else one shared, bounded, timed fill from the origin.
 
+A fill streams: its origin body lands in one buffer (cachenode/filling.py) that its readers
+send from as the bytes arrive (cut-through), then the block is written behind them and they
+finish from its file.
+
 A fill is charged to the tenant whose read or warmup started it (`Charge`): it takes that
 tenant's origin budget first (cachenode/qos.py), then a node-wide slot, and its block is
 stored as that tenant's, warmed or read-through (cachenode/store/quota.py).
@@ -8,12 +12,13 @@ stored as that tenant's, warmed or read-through (cachenode/store/quota.py).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from cachenode.blocks import BlockRef
 from cachenode.checksum import crc32c
@@ -26,10 +31,11 @@ from cachenode.errors import (
     Overloaded,
     TenantThrottled,
 )
+from cachenode.filling import Fill, LiveBlock
 from cachenode.metrics import NodeMetrics
 from cachenode.ports import BlockStore, Origin
 from cachenode.qos import NOBODY, Charge, TenantGate, Ticket
-from cachenode.singleflight import ABANDON_GRACE_S, SingleFlight
+from cachenode.singleflight import ABANDON_GRACE_S, FlightCancelled, SingleFlight
 from cachenode.store.files import OpenBlock
 
 log = logging.getLogger(__name__)
@@ -45,19 +51,24 @@ class Filler:
         self._config, self._origin, self._store, self._metrics = config, origin, store, metrics
         self.gate = gate  # tenants' origin budgets (None: nobody has one)
         self.block_size = config.block_size_bytes
-        # A fill's bytes and its write (None: found on disk already), shared by its waiters.
-        # Cancelled once nobody waits for it: a reader that left takes its origin GET along.
-        self._flight: SingleFlight[tuple[bytes, Write | None]] = SingleFlight(
+        # One fill per missing block, shared by its readers; its result is the block's write
+        # (None: found on disk already). Cancelled once nobody waits for it: a reader that
+        # left takes its origin GET along.
+        self._flight: SingleFlight[Write | None] = SingleFlight(
             cancel_abandoned=True, grace_s=ABANDON_GRACE_S)
         self._limit = asyncio.Semaphore(config.max_concurrent_fills)  # origin GETs in flight
-        # A fill holds a slot from before its GET until its block is on disk, so blocks
-        # fetched but not yet written stay bounded (write-behind memory).
+        # A fill holds a slot from before its GET until its block is on disk, so fill
+        # buffers (fetched or landing, not yet written) stay bounded.
         self._slots = asyncio.Semaphore(2 * config.max_concurrent_fills)
-        # Fetched, being written: block id -> (bytes, write); guarded by the loop.
-        self._landed: dict[str, tuple[bytes, Write]] = {}
+        # Blocks being filled or written: id -> its Fill, from the fill's start until the
+        # block is on disk or the fill failed; guarded by the loop.
+        self._fills: dict[str, Fill] = {}
+        self._writing: dict[str, Write] = {}  # id -> its write behind the readers
         self._writes: set[Write] = set()
         # Asked before the origin on a miss: the block from a previous owner, or None.
         self.handoff: Callable[[BlockRef], Awaitable[bytes | None]] | None = None
+        # Called once, as the first origin GET starts (its Unix time), then set to None.
+        self.first_fill: Callable[[float], None] | None = None
 
     async def close(self) -> None:
         """Cancel the fills in flight and let the blocks already fetched reach the disk."""
@@ -83,13 +94,13 @@ class Filler:
 
     async def settled(self, ref: BlockRef) -> bool:
         """Wait until a block fetched a moment ago is written; return whether it was stored."""
-        landed = self._landed.get(ref.block_id)
-        if landed is None:
+        write = self._writing.get(ref.block_id)
+        if write is None:
             return self._store.has(ref.block_id, ref.length)
-        return await asyncio.shield(landed[1]) is None  # a caller that leaves lets it run
+        return await asyncio.shield(write) is None  # a caller that leaves lets it run
 
     def open_written(self, ref: BlockRef) -> OpenBlock | None:
-        """Return the file of a block this node wrote just now from bytes it checksummed.
+        """Return the file of a block this node wrote just now from the bytes it fetched.
 
         Not checked again: its pages are still the ones written. Older blocks go through
         `open_stored`, which checks them.
@@ -116,48 +127,100 @@ class Filler:
             return None
         return data, crc
 
-    async def read_block(self, ref: BlockRef, charge: Charge = NOBODY) -> OpenBlock | bytes:
-        """Return the block as an open file (hit; caller closes it) or as bytes (miss)."""
-        bid = ref.block_id
-        ob = await self._store.open_checked(bid, ref.length)
+    async def read_live(self, ref: BlockRef, charge: Charge = NOBODY) -> OpenBlock | LiveBlock:
+        """Return the block's file (a hit) or its fill, read as it lands; the caller closes it.
+
+        A fill is returned once its first bytes are in (or it raised), so its errors come
+        before a reader has sent any of its bytes.
+        """
+        ob = await self._store.open_checked(ref.block_id, ref.length)
         if ob is not None:
             self._metrics.hits.inc()
             return ob
         self._metrics.misses.inc()
-        landed = self._landed.get(bid)
-        # Fetched a moment ago, its write still under way (and of this very block's length).
-        if landed is not None and len(landed[0]) == ref.length:
-            self._metrics.fills_deduped.inc()
-            return landed[0]
-        (data, _), shared = await self._shared_fill(ref, charge)
-        if shared:
-            self._metrics.fills_deduped.inc()
-        # Send the stored file rather than hold the bytes: a slow reader then pins no memory.
-        ob = self._store.open_block(bid, ref.length)
-        if ob is None:
-            return data
-        ob.source = "origin"
-        return ob
+        return self.landed(ref) or (await self._join(ref, charge))[0]
 
-    async def _shared_fill(self, ref: BlockRef, charge: Charge
-                           ) -> tuple[tuple[bytes, Write | None], bool]:
-        """Join or start the one fill of a missing block; return its result and `shared`.
+    async def read_block(self, ref: BlockRef, charge: Charge = NOBODY) -> OpenBlock | bytes:
+        """Return the block as an open file (caller closes it) or, just filled, as bytes."""
+        got = await self.read_live(ref, charge)
+        return got if isinstance(got, OpenBlock) else await self.settle(got)
+
+    async def settle(self, live: LiveBlock) -> OpenBlock | bytes:
+        """Return a fill's whole block, as bytes or (stored by then) its file; close `live`."""
+        try:
+            fill = live.fill
+            await fill.wait(fill.length)
+            if fill.buffer is not None:
+                return bytes(fill.buffer)
+            ob = fill.open_file()  # stored meanwhile: send the file, hold no bytes
+            if ob is None:
+                raise DiskUnavailable("a block left the store as it was read")
+            return ob
+        finally:
+            live.close()
+
+    def landed(self, ref: BlockRef) -> LiveBlock | None:
+        """Return a block fetched a moment ago whose write is still under way, or None."""
+        fill = self._fills.get(ref.block_id)
+        if fill is None or ref.block_id not in self._writing or fill.length != ref.length:
+            return None
+        self._metrics.fills_deduped.inc()
+        return LiveBlock(fill, _stay)
+
+    async def _join(self, ref: BlockRef, charge: Charge
+                    ) -> tuple[LiveBlock, asyncio.Task[Write | None]]:
+        """Join or start the one fill of a missing block; return it once its first bytes
+        landed, with its flight.
 
         A fill refused for another tenant's budget (the one that started it) is started
         again, charged to this caller.
         """
-        bid = ref.block_id
-        if not self._flight.running(bid) and len(self._flight) >= self._config.max_waiting_fills:
-            raise Overloaded(f"{len(self._flight)} block fills already queued")
         try:
             try:
-                return await self._flight.do(bid, lambda: self._fill(ref, charge))
+                return await self._joined(ref, charge)
             except TenantThrottled as e:
                 if e.tenant == charge.tenant:
                     raise
-                return await self._flight.do(bid, lambda: self._fill(ref, charge))
+                return await self._joined(ref, charge)
         finally:
             self._metrics.fills_in_flight.set(len(self._flight))
+
+    async def _joined(self, ref: BlockRef, charge: Charge
+                      ) -> tuple[LiveBlock, asyncio.Task[Write | None]]:
+        bid = ref.block_id
+        if not self._flight.running(bid) and len(self._flight) >= self._config.max_waiting_fills:
+            raise Overloaded(f"{len(self._flight)} block fills already queued")
+        task, shared, leave = self._flight.join(bid, lambda: self._start(ref, charge))
+        fill = self._fills[bid]
+        if shared:
+            self._metrics.fills_deduped.inc()
+        else:
+            task.add_done_callback(functools.partial(self._ended, bid, fill))
+        try:
+            await fill.wait(1)  # its first bytes, or its error
+        except CacheError:
+            leave()
+            await asyncio.wait([task])  # the flight ends with this error: gone before a retry
+            raise
+        except BaseException:
+            leave()
+            raise
+        return LiveBlock(fill, leave), task
+
+    def _start(self, ref: BlockRef, charge: Charge) -> Coroutine[Any, Any, Write | None]:
+        """Return the fill of a missing block, its Fill registered for readers to join."""
+        fill = Fill(ref.length, lambda: self.open_written(ref))
+        self._fills[ref.block_id] = fill
+        return self._fill(ref, charge, fill)
+
+    def _ended(self, bid: str, fill: Fill, task: asyncio.Task[Write | None]) -> None:
+        """Count a fill that ended; forget it if it failed (its readers get the error)."""
+        self._metrics.fills_in_flight.set(len(self._flight))
+        err = FlightCancelled(bid) if task.cancelled() else task.exception()
+        if err is not None:
+            fill.fail(err)
+            if self._fills.get(bid) is fill:
+                del self._fills[bid]
 
     async def warm(self, ref: BlockRef, charge: Charge = NOBODY) -> bool:
         """Return once the block is on disk: False if it already was, True if stored now.
@@ -172,11 +235,13 @@ class Filler:
             return False
         if self._store.failed:  # no origin GET for a block that cannot be kept
             raise DiskUnavailable(self._store.failed)
-        landed = self._landed.get(ref.block_id)
-        if landed is not None and len(landed[0]) == ref.length:
-            write: Write | None = landed[1]
-        else:
-            (_, write), _ = await self._shared_fill(ref, replace(charge, warmed=True))
+        write = self._writing.get(ref.block_id)
+        if self.landed(ref) is None:
+            live, task = await self._join(ref, replace(charge, warmed=True))
+            try:
+                write = await asyncio.shield(task)
+            finally:
+                live.close()
         if write is not None:
             err = await asyncio.shield(write)  # a cancelled caller leaves the write running
             if err is not None:
@@ -219,31 +284,36 @@ class Filler:
         self._metrics.corrupt_blocks.inc()
         return None
 
-    async def _fill(self, ref: BlockRef, charge: Charge) -> tuple[bytes, Write | None]:
-        ob = self._store.open_block(ref.block_id, ref.length)  # filled while we queued?
-        if ob is not None:
-            data = await self._read_checked(ob)
-            if data is not None:
-                return data, None
-            self._store.delete(ref.block_id)  # corrupt: fill it again below
-        self._metrics.fills_in_flight.set(len(self._flight))
+    async def _fill(self, ref: BlockRef, charge: Charge, fill: Fill) -> Write | None:
+        """Fill a missing block into `fill` and start its write; fail `fill` on any error."""
         try:
-            async with asyncio.timeout(self._config.fill_timeout_s):  # queueing included
-                data = await self._gated_fetch(ref, charge)
-        except TimeoutError:
-            raise OriginTimeout(ref.obj.bucket, ref.obj.key,
-                                f"block {ref.index} not filled within "
-                                f"{self._config.fill_timeout_s:g}s") from None
-        # Readers get the bytes now; the disk write finishes behind them. Until it does,
-        # read_block finds the block in _landed, so no second fill can start.
-        task = asyncio.ensure_future(self._write_behind(ref, data, charge))
-        self._landed[ref.block_id] = data, task  # popped by the task when it ends
+            ob = await self._store.open_checked(ref.block_id, ref.length)
+            if ob is not None:  # filled while we queued
+                ob.close()
+                fill.on_disk()
+                return None
+            self._metrics.fills_in_flight.set(len(self._flight))
+            try:
+                async with asyncio.timeout(self._config.fill_timeout_s):  # queueing included
+                    await self._gated_fetch(ref, charge, fill)
+            except TimeoutError:
+                raise OriginTimeout(ref.obj.bucket, ref.obj.key,
+                                    f"block {ref.index} not filled within "
+                                    f"{self._config.fill_timeout_s:g}s") from None
+        except BaseException as e:
+            fill.fail(FlightCancelled(ref.block_id) if isinstance(e, asyncio.CancelledError)
+                      else e)
+            raise
+        # Readers have the bytes; the disk write finishes behind them. Until it does,
+        # read_live finds the block in _fills, so no second fill can start.
+        task = asyncio.ensure_future(self._write_behind(ref, fill, charge))
+        self._writing[ref.block_id] = task  # popped by the task when it ends
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
-        return data, task
+        return task
 
-    async def _gated_fetch(self, ref: BlockRef, charge: Charge) -> bytes:
-        """Return the block from a previous owner or the origin, under the tenant's budget.
+    async def _gated_fetch(self, ref: BlockRef, charge: Charge, fill: Fill) -> None:
+        """Land the block from a previous owner or the origin, under the tenant's budget.
 
         The tenant's budget comes first, so waiting for it holds no node-wide slot; the
         write-behind slot taken here is given back once the block is on disk.
@@ -252,7 +322,7 @@ class Filler:
         try:
             await self._slots.acquire()
             try:
-                return await self._handoff_or_fetch(ref, charge, ticket)
+                await self._handoff_or_fetch(ref, charge, ticket, fill)
             except BaseException:
                 self._slots.release()
                 raise
@@ -261,33 +331,38 @@ class Filler:
                 ticket.release()
 
     async def _handoff_or_fetch(self, ref: BlockRef, charge: Charge,
-                                ticket: Ticket | None) -> bytes:
+                                ticket: Ticket | None, fill: Fill) -> None:
         if self.handoff is not None:
             data = await self.handoff(ref)
             if data is not None and len(data) == ref.length:
                 if ticket is not None:
                     ticket.handed_off()  # no origin bytes after all
-                return data
-        return await self._fetch(ref, charge)
+                fill.give(data)
+                return
+        await self._fetch(ref, charge, fill)
 
-    async def _fetch(self, ref: BlockRef, charge: Charge) -> bytes:
+    async def _fetch(self, ref: BlockRef, charge: Charge, fill: Fill) -> None:
         async with self._limit:
+            if (first := self.first_fill) is not None:
+                self.first_fill = None
+                first(time.time())
             self._metrics.fills.inc()
             t0 = time.monotonic()
-            data = await self._origin.get_range(ref.obj, ref.start, ref.length)
+            await self._origin.read_into(ref.obj, ref.start, fill.target(), fill.landed)
             self._metrics.fill_seconds.observe(time.monotonic() - t0)
-        if len(data) != ref.length:
+        if fill.received != ref.length:
             raise OriginUnavailable(ref.obj.bucket, ref.obj.key, "origin returned a short block")
         m, tenant = self._metrics, self._metrics.tenant(charge.tenant)
         m.tenant_fills.labels(tenant).inc()
-        m.tenant_origin_bytes.labels(tenant).inc(len(data))
-        return data
+        m.tenant_origin_bytes.labels(tenant).inc(ref.length)
 
-    async def _write_behind(self, ref: BlockRef, data: bytes, charge: Charge
+    async def _write_behind(self, ref: BlockRef, fill: Fill, charge: Charge
                             ) -> CacheError | None:
         """Store a filled block; return the error that kept it off disk (None: stored)."""
         try:
-            await self._store.put(ref, data, charge.tenant, charge.warmed)
+            assert fill.buffer is not None, "a complete fill holds its bytes until stored"
+            await self._store.put(ref, fill.buffer, charge.tenant, charge.warmed)
+            fill.on_disk()  # readers still behind go on from the file
             return None
         except CacheError as e:  # StoreFull, DiskUnavailable, Overloaded (out of fds)
             log.warning("serving block %s uncached: %s", ref.block_id, e)
@@ -296,5 +371,11 @@ class Filler:
             log.exception("writing block %s failed", ref.block_id)
             return DiskUnavailable(f"writing block {ref.block_id} failed: {e!r}")
         finally:
-            self._landed.pop(ref.block_id, None)
+            if self._fills.get(ref.block_id) is fill:
+                del self._fills[ref.block_id]
+            self._writing.pop(ref.block_id, None)
             self._slots.release()
+
+
+def _stay() -> None:
+    """Leave nothing: a reader of a fill already landed holds no flight."""

@@ -35,8 +35,9 @@ from cachenode.pb import blockcache_pb2 as pb
 from cachenode.pb import blockcache_pb2_grpc as pb_grpc
 from cachenode.peers import ERROR_KEY
 from cachenode.qos import Charge
-from cachenode.service import BlockService, Chunk, MemChunk
+from cachenode.service import BlockService
 from cachenode.singleflight import FlightCancelled
+from cachenode.window import Chunk, MemChunk, settle_chunk
 
 CHUNK_BYTES = 1024 * 1024  # below gRPC's 4 MiB default message limit
 MAX_REQUEST_BYTES = 64 * 1024  # a request names one object: keys are at most 1 KiB
@@ -179,7 +180,8 @@ class BlockCacheServicer(pb_grpc.BlockCacheServicer):  # type: ignore[misc]
 
 async def _chunk_bytes(chunk: Chunk, metrics: NodeMetrics, tenant: str
                        ) -> AsyncIterator[bytes]:
-    """Yield a chunk's bytes in messages of at most CHUNK_BYTES."""
+    """Yield a chunk's bytes in messages of at most CHUNK_BYTES (a fill's once landed)."""
+    chunk = await settle_chunk(chunk)
     if isinstance(chunk, MemChunk):
         metrics.bytes_served.labels(chunk.source).inc(len(chunk.data))
         metrics.tenant_served_bytes.labels(metrics.tenant(tenant), chunk.source).inc(

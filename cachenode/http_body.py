@@ -7,6 +7,7 @@ of memory, and a response whose headers are out is cut, never patched, when a bl
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, MutableMapping
@@ -16,16 +17,18 @@ from aiohttp import web
 
 from cachenode.blocks import ObjectMeta
 from cachenode.checksum import crc32c
-from cachenode.errors import CacheError
+from cachenode.errors import CacheError, DiskUnavailable
 from cachenode.metrics import NodeMetrics
 from cachenode.peers_http import CRC
 from cachenode.qos import NOBODY, Charge
 from cachenode.ranges import Span
 from cachenode.sendfile import ReaderStalled, SocketSender
-from cachenode.service import BlockService, Chunk, FileChunk, MemChunk
+from cachenode.service import BlockService
+from cachenode.window import Chunk, FileChunk, LiveChunk, MemChunk
 
 log = logging.getLogger("cachenode.http_api")
 SOURCE_RANK = {"disk": 0, "peer": 1, "origin": 2}  # a read is as slow as its slowest block
+LIVE_STEP_BYTES = 512 * 1024  # a reader of a fill that keeps up is woken this often
 
 
 def abort(request: web.BaseRequest) -> None:
@@ -72,7 +75,7 @@ class BodySender:
                 sender = SocketSender(request, resp,
                                       stall_timeout_s=self._service.send_timeout_s)
             except BaseException as e:
-                if isinstance(first, FileChunk):
+                if isinstance(first, (FileChunk, LiveChunk)):
                     first.close()  # the reader left before the headers; nothing sends it
                 if isinstance(e, ConnectionError):
                     log.debug("reader of s3://%s/%s left before the headers", meta.bucket,
@@ -117,19 +120,61 @@ class BodySender:
 
     @staticmethod
     def _source(chunk: Chunk) -> str:
-        return chunk.block.source if isinstance(chunk, FileChunk) else chunk.source
+        """Return where a chunk's bytes come from (a fill being received: the origin)."""
+        if isinstance(chunk, FileChunk):
+            return chunk.block.source
+        return chunk.source if isinstance(chunk, MemChunk) else "origin"
 
     async def _send(self, sender: SocketSender, chunk: Chunk, tenant: str | None) -> None:
         """Send one chunk; count its bytes by source (and for `tenant`, a label, if any)."""
-        if isinstance(chunk, FileChunk):
-            try:
-                await sender.send_file(chunk.block.fd, chunk.offset, chunk.length)
-            finally:
-                chunk.close()
-            source, n = chunk.block.source, chunk.length
-        else:
+        if isinstance(chunk, MemChunk):
             await sender.send_bytes(chunk.data)
             source, n = chunk.source, len(chunk.data)
+        else:
+            try:
+                if isinstance(chunk, FileChunk):
+                    await sender.send_file(chunk.block.fd, chunk.offset, chunk.length)
+                else:
+                    await send_live(sender, chunk)
+            finally:
+                chunk.close()
+            source, n = self._source(chunk), chunk.length
         self._metrics.bytes_served.labels(source).inc(n)
         if tenant is not None:
             self._metrics.tenant_served_bytes.labels(tenant, source).inc(n)
+
+
+async def send_live(sender: SocketSender, chunk: LiveChunk) -> None:
+    """Send a span of a block being filled as its bytes land, then, once stored, from its file.
+
+    A reader that keeps up is woken every LIVE_STEP_BYTES; one that falls behind writes
+    what its socket takes and waits holding only its position, so the fill's buffer can go
+    once the block is on disk.
+    """
+    fill, pos, end = chunk.live.fill, chunk.offset, chunk.offset + chunk.length
+    raw, want, progress = await sender.start_raw(), pos + 1, time.monotonic()
+    while pos < end:
+        await fill.wait(want)  # raises the fill's error: the caller cuts the connection
+        buf = fill.buffer
+        if buf is None:  # on disk now: the rest from its file
+            ob = fill.open_file()
+            if ob is None:
+                raise DiskUnavailable("a block left the store while it was being sent")
+            try:
+                await sender.send_file(ob.fd, pos, end - pos)
+            finally:
+                ob.close()
+            return
+        view = memoryview(buf)[pos:min(fill.received, end)]
+        if raw:
+            n = sender.write_now(view)
+        else:  # no socket of our own (TLS, a test transport): through aiohttp, a copy
+            await sender.send_bytes(bytes(view))
+            n = len(view)
+        del view  # hold nothing of the buffer across a wait
+        if n:
+            pos, progress = pos + n, time.monotonic()
+            want = min(end, pos + LIVE_STEP_BYTES)
+            await asyncio.sleep(0)  # let other connections run between writes
+        else:
+            await sender.wait_writable(progress)

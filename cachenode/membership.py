@@ -58,6 +58,8 @@ class NodeRecord:
     weight: int = 100
     state: str = "up"  # "up" or "draining"
     block_size: int = 0  # bytes; 0 = unknown (a node with another block size is not a peer)
+    registered_at: float = 0.0  # Unix time this process first registered; 0 = unknown
+    filled_since: float = 0.0  # Unix time of its first fill (1: it started with blocks); 0: none
 
     def __post_init__(self) -> None:
         for name in ("id", "http", "grpc"):
@@ -73,6 +75,10 @@ class NodeRecord:
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) \
                 or self.block_size < 0:
             raise ValueError(f"bad node block size {self.block_size!r}")
+        for name in ("registered_at", "filled_since"):
+            at = getattr(self, name)
+            if isinstance(at, bool) or not isinstance(at, (int, float)) or not 0 <= at < 1e11:
+                raise ValueError(f"bad node {name} {at!r}")
 
     def pack(self) -> bytes:
         """Return the record as a msgpack map."""
@@ -190,15 +196,19 @@ class Membership:
 
     async def set_state(self, state: str) -> None:
         """Rewrite this node's record with `state` ("up" or "draining")."""
-        self._record = dataclasses.replace(self._record, state=state)
+        await self.rewrite(state=state)
+
+    async def rewrite(self, **fields: Any) -> None:
+        """Rewrite this node's record with `fields` changed (kept for a reconnect if it fails)."""
+        self._record = dataclasses.replace(self._record, **fields)
         client = self._client
         if client is None or not self._healthy:
-            raise MembershipError(f"etcd unreachable; state {state!r} is written on reconnect")
+            raise MembershipError(f"etcd unreachable; {fields} is written on reconnect")
         try:
             async with asyncio.timeout(self._call_timeout_s):
                 await client.put(self._key, self._record.pack(), lease=self._lease_id)
         except Exception as e:
-            raise MembershipError(f"could not write state {state!r}: {_describe(e)}") from e
+            raise MembershipError(f"could not write {fields}: {_describe(e)}") from e
 
     async def close(self) -> None:
         """Mark this node draining, delete its key, revoke its lease and stop (bounded)."""

@@ -90,6 +90,8 @@ class CacheNode:
         self.http_port = 0
         self.grpc_port = 0
         self.s3_port = 0  # 0 while the S3 listener is off (--s3 off)
+        self.registered_at = 0.0  # when it first joined its group (0: alone)
+        self.filled_since = 0.0  # when it first filled a block (1: it started with some)
         self._serving = False
 
     async def __aenter__(self) -> CacheNode:
@@ -236,7 +238,8 @@ class CacheNode:
             host = socket.getfqdn()
         return NodeRecord(id=self.config.node_id, http=f"{host}:{self.http_port}",
                           grpc=f"{host}:{self.grpc_port}", weight=self.config.weight,
-                          state=state, block_size=self.config.block_size_bytes)
+                          state=state, block_size=self.config.block_size_bytes,
+                          registered_at=self.registered_at, filled_since=self.filled_since)
 
     def ring_view(self) -> dict[str, Any]:
         """Return this node's view of its group, as /ring shows it."""
@@ -262,6 +265,12 @@ class CacheNode:
         def changed(members: Mapping[str, NodeRecord], epoch: int) -> None:
             self.router.update(members, epoch)
 
+        self.registered_at = time.time()  # the group's nodes compare these: see handoff.py
+        if self.store.used_bytes:
+            self.filled_since = 1.0  # blocks from before: who knows which ring filled them
+        else:
+            self.filler.first_fill = self._first_fill
+
         self.membership = Membership(list(self.config.etcd_endpoints), self.config.cluster,
                                      self.config.site, self.record(),
                                      lease_ttl_s=self.config.lease_ttl_s, on_change=changed,
@@ -271,6 +280,23 @@ class CacheNode:
         m = self.membership
         self.metrics.membership_healthy.set_function(lambda: float(m.healthy))
         self.router.update(self.membership.members, self.membership.epoch)
+
+    def _first_fill(self, at: float) -> None:
+        """Publish in this node's record when it first filled a block (see handoff.py)."""
+        self.filled_since = at
+        m = self.membership
+        if m is None:
+            return
+
+        async def publish() -> None:
+            assert m is not None
+            try:
+                await m.rewrite(filled_since=at)
+            except Exception as e:  # written with the record when the session is back
+                log.warning("could not publish the first fill: %s", e)
+
+        task = asyncio.ensure_future(publish())
+        self._stack.callback(task.cancel)
 
     async def _watch_loop_lag(self) -> None:
         """Measure how late the event loop runs a timer; warn when it stalls (leases!)."""

@@ -1,4 +1,9 @@
-"""The S3 origin through aiobotocore: HEAD for metadata, ranged GET with If-Match per block."""
+"""The S3 origin: aiobotocore for HEAD and listings, signed aiohttp GETs for block bytes.
+
+Block GETs (ranged, If-Match) go through cachenode/origin_http.py, which lands each body in
+the fill's buffer as it arrives; a cut body is resumed where it stopped (same pinned ETag).
+Retries, backoff and the fail-fast hold after a refused or silent origin are here, for both.
+"""
 
 from __future__ import annotations
 
@@ -33,26 +38,17 @@ from cachenode.errors import (
 from cachenode.listing import BucketInfo, ListedObject, ListPage, ListQuery
 from cachenode.meta_headers import kept_headers
 from cachenode.metrics import NodeMetrics
+from cachenode.origin_http import RETRYABLE_CODES, RangeReader, Retryable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 SLOW_FETCH_S = 2.0
 DOWN_HOLD_S = 1.0  # after a refused or timed-out call, misses fail at once for this long
 RETRY_BASE_S = 0.1  # backoff before retry n is RETRY_BASE_S * 2**n, jittered
-RETRYABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout",
-                   "ServiceUnavailable", "InternalError", "RequestTimeTooSkewed"}
 
 
 _DOWN = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError, TimeoutError,
          aiohttp.ClientConnectorError, aiohttp.ServerTimeoutError, ConnectionRefusedError)
-
-
-class _Retryable(Exception):
-    """Wraps an origin error worth another attempt (5xx, throttling, read timeout)."""
-
-    def __init__(self, err: CacheError) -> None:
-        super().__init__(str(err))
-        self.err = err
 
 
 class S3Origin:
@@ -62,6 +58,7 @@ class S3Origin:
         self._config, self._metrics = config, metrics
         self._stack = AsyncExitStack()
         self._client: Any = None
+        self._ranges: RangeReader | None = None  # block GETs, set at start
         self._down_until = 0.0  # monotonic time until which the origin counts as unreachable
         self._down_reason = ""
         self._where = config.origin_endpoint_url or "the AWS S3 endpoint"
@@ -80,6 +77,12 @@ class S3Origin:
             "s3", endpoint_url=c.origin_endpoint_url or None,
             region_name=c.origin_region or None,
             config=cfg))
+        meta = self._client.meta  # the endpoint and region botocore resolved; its credentials
+        self._ranges = RangeReader(meta.endpoint_url, meta.region_name,
+                                   await session.get_credentials(), self._metrics,
+                                   c.origin_connect_timeout_s, c.origin_read_timeout_s,
+                                   c.max_concurrent_fills + 16)
+        self._stack.push_async_callback(self._ranges.close)
 
     async def close(self) -> None:
         """Close the client and its connections."""
@@ -124,31 +127,36 @@ class S3Origin:
 
     async def get_range(self, meta: ObjectMeta, start: int, length: int) -> bytes:
         """Return `length` bytes at `start` of the pinned object version (If-Match)."""
+        buf = bytearray(length)
+        await self.read_into(meta, start, memoryview(buf), lambda n: None)
+        return bytes(buf)
 
-        async def once() -> bytes:
-            r = await self._client.get_object(
-                Bucket=meta.bucket, Key=meta.key, IfMatch=meta.etag,
-                Range=f"bytes={start}-{start + length - 1}")
-            total = str(r.get("ContentRange", "")).rpartition("/")[2]
-            if total.isdigit() and int(total) != meta.size:  # the size decides every block
-                r["Body"].close()
-                raise ObjectChanged(meta.bucket, meta.key, meta.etag)
-            async with r["Body"] as body:
-                data: bytes = await body.read()
-            if len(data) != length:
-                self._metrics.origin_errors.labels("get", "short_read").inc()
-                raise _Retryable(OriginUnavailable(
-                    meta.bucket, meta.key, f"short read: {len(data)} of {length} bytes at {start}"))
-            return data
+    async def read_into(self, meta: ObjectMeta, start: int, into: memoryview,
+                        landed: Callable[[int], None]) -> None:
+        """Land `len(into)` bytes at `start` of the pinned version (If-Match) in `into`.
+
+        A body cut short is asked for again from where it stopped, within the attempts.
+        """
+        assert self._ranges is not None, "call start() first"
+        ranges, got = self._ranges, 0
+
+        async def once() -> None:
+            base = got
+
+            def at(n: int) -> None:
+                nonlocal got
+                got = base + n
+                landed(got)
+
+            await ranges.read(meta, start + base, into[base:], at)
 
         t0 = time.monotonic()
-        data = await self._call("get", meta.bucket, meta.key, meta.etag, once)
+        await self._call("get", meta.bucket, meta.key, meta.etag, once)
         elapsed = time.monotonic() - t0
         if elapsed > SLOW_FETCH_S:
             log.warning("slow origin GET s3://%s/%s bytes=%d-%d: %.2fs", meta.bucket, meta.key,
-                        start, start + length - 1, elapsed)
-        self._metrics.origin_bytes.inc(length)
-        return data
+                        start, start + len(into) - 1, elapsed)
+        self._metrics.origin_bytes.inc(len(into))
 
     async def list_objects(self, query: ListQuery) -> ListPage:
         """Return one page of a bucket listing (ListObjectsV2 at the origin)."""
@@ -201,7 +209,7 @@ class S3Origin:
             self._metrics.origin_requests.labels(op).inc()
             try:
                 return await once()
-            except _Retryable as r:
+            except Retryable as r:
                 err = r.err
             except Exception as e:
                 if isinstance(e, _DOWN):  # refused, or accepted but silent: don't queue on it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from cachenode.blocks import BlockRef, ObjectMeta
@@ -21,6 +22,15 @@ class Origin(Protocol):
 
     async def get_range(self, meta: ObjectMeta, start: int, length: int) -> bytes:
         """Return exactly `length` bytes at `start` of the pinned version, or raise."""
+        ...
+
+    async def read_into(self, meta: ObjectMeta, start: int, into: memoryview,
+                        landed: Callable[[int], None]) -> None:
+        """Fill `into` with the bytes at `start` of the pinned version as they arrive.
+
+        Calls `landed(n)` whenever bytes [0, n) of `into` hold the object's bytes; returns
+        when `into` is full or the object ends (the caller checks the length), else raises.
+        """
         ...
 
     async def list_objects(self, query: ListQuery) -> ListPage:
@@ -53,7 +63,7 @@ class BlockStore(Protocol):
         """Open a committed block whose bytes pass their checksum, or return None (a miss)."""
         ...
 
-    async def put(self, ref: BlockRef, data: bytes, tenant: str = "",
+    async def put(self, ref: BlockRef, data: bytes | bytearray, tenant: str = "",
                   warmed: bool = False) -> None:
         """Store a complete block (visible only once complete), counted against `tenant`."""
         ...

@@ -29,6 +29,8 @@ from cachenode.errors import (
     TenantThrottled,
 )
 from cachenode.fill import Filler
+from cachenode.filling import LiveBlock
+from cachenode.handoff import HandoffPlan
 from cachenode.limits import node_share
 from cachenode.metrics import NodeMetrics
 from cachenode.qos import NOBODY, Charge
@@ -42,8 +44,6 @@ HANDOFF_TIMEOUT_S = 2.0  # a handoff is a disk read on a peer: a slow one is not
 PEER_READS_MAX = 64  # blocks being read from peers at once, per node (memory: x block size)
 PEER_READS_PER_NODE = 32  # ...of which from one peer: a hung one cannot take every slot
 PEER_READS_PER_TENANT = 16  # ...of which for one tenant with an origin budget (it may wait)
-HANDOFF_GIVE_UP = 64  # "not here" answers (and no hit) before a node is no longer asked...
-HANDOFF_RETRY_S = 60.0  # ...for this long (or until the ring changes)
 # The peer's own trouble: ask the next owner. (A 404 or 416 is the object's, and final; so is
 # the origin failing or timing out for the peer: asking others would multiply the load on an
 # origin that is down or throttling. Denied credentials are that node's own problem.)
@@ -63,6 +63,10 @@ class Member(Protocol):
     def state(self) -> str: ...
     @property
     def block_size(self) -> int: ...
+    @property
+    def registered_at(self) -> float: ...
+    @property
+    def filled_since(self) -> float: ...
 
 
 class Peers(Protocol):
@@ -106,11 +110,7 @@ class Router:
         self._slots_per_peer: dict[str, asyncio.Semaphore] = {}  # node id -> its share
         self._recent: OrderedDict[str, bytes] = OrderedDict()  # peer blocks, newest last
         self._recent_max = recent_blocks
-        # Handoff questions a node answered "not here" since the last ring change, or -1 once
-        # it answered with a block: a group that formed together has nothing to hand off, so
-        # after HANDOFF_GIVE_UP misses and no hit a node is not asked for HANDOFF_RETRY_S.
-        self._handoff_misses: dict[str, int] = {}
-        self._handoff_reset_at = 0.0
+        self.handoffs = HandoffPlan(node_id)  # who is worth a handoff question
         if peers is not None:
             filler.handoff = self._handoff
 
@@ -129,12 +129,14 @@ class Router:
         weights = {i: m.weight for i, m in members.items() if m.state == "up"}
         if weights != self._weights:
             self._prev, self._ring = self._ring, (Ring(weights) if weights else None)
+            self.handoffs.ring_changed(self._weights, weights)
             self._weights = weights
             self.share = node_share(self._ring.shares() if self._ring else {}, self.node_id)
-            self._handoff_misses.clear()  # blocks moved: worth asking again
             log.info("ring epoch %d: %d nodes up of %d members", epoch, len(weights),
                      len(members))
         self._addrs = {i: m.http for i, m in members.items() if i != self.node_id}
+        self.handoffs.registered({i: (float(m.registered_at), float(m.filled_since))
+                                  for i, m in members.items() if i in weights})
         for gone in set(self._slots_per_peer) - set(self._addrs):
             if not self._slots_per_peer[gone].locked():
                 del self._slots_per_peer[gone]
@@ -174,18 +176,32 @@ class Router:
 
     async def read_block(self, ref: BlockRef, hops: int = 0, cached_only: bool = False,
                          charge: Charge = NOBODY) -> OpenBlock | Fetched:
-        """Return a block as an open file (local disk; caller closes) or as fetched bytes.
+        """Return a block as an open file (local disk; caller closes) or as fetched bytes."""
+        got = await self.read_live(ref, hops, cached_only, charge)
+        if not isinstance(got, LiveBlock):
+            return got
+        whole = await self.filler.settle(got)
+        return whole if isinstance(whole, OpenBlock) else Fetched(whole, "origin")
+
+    async def read_live(self, ref: BlockRef, hops: int = 0, cached_only: bool = False,
+                        charge: Charge = NOBODY) -> OpenBlock | Fetched | LiveBlock:
+        """Return a block as an open file (local disk), fetched bytes (from its owner) or the
+        fill here it is read from as it lands; the caller closes files and fills.
 
         `hops` > 0: another node forwarded the read; serve it here (disk, else origin).
-        `cached_only`: a handoff question; answer from disk or raise BlockNotCached.
+        `cached_only`: a handoff question; answer from disk (or a block landed a moment ago)
+        or raise BlockNotCached.
         A fill (here or on the owner) is charged to `charge.tenant`.
         """
         ob = await self.filler.open_stored(ref)  # checked: a bad copy is dropped, a miss
         if ob is not None:
             self._metrics.hits.inc()
             return ob
-        if cached_only:
-            raise BlockNotCached(ref.block_id)
+        if cached_only:  # on disk, or landed here a moment ago and being written
+            landed = self.filler.landed(ref)
+            if landed is None:
+                raise BlockNotCached(ref.block_id)
+            return landed
         owners = self.owners(ref) if hops == 0 else []
         if owners and owners[0] != self.node_id:
             bid = ref.block_id
@@ -197,8 +213,7 @@ class Router:
                 self._metrics.peer_reads.labels("recent").inc()
             if data is not None:
                 return Fetched(data, "peer")
-        got = await self.filler.read_block(ref, charge)
-        return got if isinstance(got, OpenBlock) else Fetched(got, "origin")
+        return await self.filler.read_live(ref, charge)
 
     async def _shared_peer_read(self, owners: list[str], ref: BlockRef,
                                 charge: Charge) -> bytes | None:
@@ -270,12 +285,8 @@ class Router:
         return data
 
     def _handoff_sources(self, ref: BlockRef) -> list[str]:
-        """Return who held the block before this node: the owner on the previous ring, and
-        the owner if this node were not on the ring (where it lived before this node joined)."""
-        now = time.monotonic()
-        if now > self._handoff_reset_at:  # what moved may have changed: ask again now and then
-            self._handoff_reset_at = now + HANDOFF_RETRY_S
-            self._handoff_misses = {n: m for n, m in self._handoff_misses.items() if m < 0}
+        """Return who held the block before this node and is worth asking (handoff.py): the
+        owner on the previous ring, and the owner if this node were not on the ring."""
         found: list[str] = []
         try:
             if self._prev is not None:
@@ -284,8 +295,8 @@ class Router:
                 found += self._ring.owners(ref.block_id, 2)[1:]
         except EmptyRing:
             pass
-        return [n for n in dict.fromkeys(found) if n != self.node_id and n in self._addrs
-                and self._handoff_misses.get(n, 0) < HANDOFF_GIVE_UP]
+        return [n for n in self.handoffs.worth_asking(found, time.monotonic())
+                if n in self._addrs]
 
     async def _handoff(self, ref: BlockRef) -> bytes | None:
         """Return the block from the disk of a node that held it before, or None (origin)."""
@@ -302,11 +313,9 @@ class Router:
                                                     timeout_s=HANDOFF_TIMEOUT_S)
             except CacheError as e:
                 log.debug("handoff of block %s from %s: %s", ref.block_id, node, e)
-                misses = self._handoff_misses.get(node, 0)
-                if misses >= 0:
-                    self._handoff_misses[node] = misses + 1
+                self.handoffs.answered(node, had_it=False)
                 continue
-            self._handoff_misses[node] = -1  # it holds moved blocks: keep asking it
+            self.handoffs.answered(node, had_it=True)  # it holds moved blocks: keep asking it
             self._metrics.handoffs.labels("hit").inc()
             return data
         self._metrics.handoffs.labels("miss").inc()

@@ -125,6 +125,39 @@ class SocketSender:
                 self._abort()
                 raise ReaderStalled(f"reader took no bytes for {self._stall_s:g}s") from None
 
+    async def start_raw(self) -> bool:
+        """Flush what aiohttp holds (the headers too); return whether `write_now` may be used.
+
+        Raw writes go straight to the socket, so the caller's buffer is never queued in the
+        transport: a reader that stalls holds nothing of it.
+        """
+        if not self.zero_copy or self._chunked or self._empty_body:
+            return False
+        await self._flush()
+        return True
+
+    def write_now(self, data: memoryview) -> int:
+        """Write what the socket takes of `data` now, at most one chunk; return how much."""
+        try:
+            n = os.write(self._fd, data[:self._max_chunk])
+        except BlockingIOError:
+            return 0
+        except ConnectionError as e:
+            raise ConnectionResetError(f"peer closed: {e}") from e
+        w = self._writer
+        w.output_size += n
+        if w.length is not None:
+            w.length -= n
+        return n
+
+    async def wait_writable(self, since: float) -> None:
+        """Wait until the socket takes bytes again; abort (ReaderStalled) once it has taken
+        none since `since` (monotonic) for the stall timeout."""
+        if time.monotonic() - since > self._stall_s:
+            self._abort()
+            raise ReaderStalled(f"reader took no bytes for {self._stall_s:g}s")
+        await self._writable()
+
     async def send_file(self, fd: int, offset: int, count: int) -> int:
         """Send `count` bytes of `fd` from `offset`; return `count` or raise.
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from cachenode import blocks
-from cachenode.blocks import BlockRef, BlockSlice, ObjectMeta
+from cachenode.blocks import BlockRef, ObjectMeta
 from cachenode.budget import TENANT_SHARE, MemoryBudget, TenantBudget
 from cachenode.config import NodeConfig
 from cachenode.errors import (
@@ -21,46 +20,24 @@ from cachenode.errors import (
     PreconditionFailed,
 )
 from cachenode.fill import Filler
+from cachenode.filling import LiveBlock
 from cachenode.limits import NodeLimits
 from cachenode.listing import ListQuery
 from cachenode.metrics import NodeMetrics
 from cachenode.names import validate_name, validate_prefix
 from cachenode.ports import Origin
 from cachenode.qos import NOBODY, Charge, later_wait
+from cachenode.readahead import ReadAhead
 from cachenode.routing import Fetched, Router
 from cachenode.singleflight import SingleFlight
 from cachenode.store.files import OpenBlock
+from cachenode.window import Chunk, Window
 
 log = logging.getLogger(__name__)
 METADATA_CACHE_ENTRIES = 100_000
 METADATA_CACHE_BYTES = 64 * 2**20  # names, ETags and kept headers of the cached entries
 ENTRY_OVERHEAD_BYTES = 400  # what one entry costs beyond its strings (objects, dict slot)
 STALE_RETRY_S = 1.0  # origin down: reuse the last known metadata this long before asking again
-
-
-@dataclass(slots=True)
-class FileChunk:
-    """A span of an open block file to send; the receiver closes it."""
-
-    block: OpenBlock
-    offset: int
-    length: int
-
-    def close(self) -> None:
-        """Close the block's file."""
-        self.block.close()
-
-
-@dataclass(slots=True)
-class MemChunk:
-    """Bytes held in memory to send, and where they came from ("origin" or "peer")."""
-
-    data: memoryview
-    source: str
-    crc32c: int | None = None  # of `data`, when already known
-
-
-Chunk = FileChunk | MemChunk
 
 
 class BlockService:
@@ -177,63 +154,62 @@ class BlockService:
     async def chunks(self, meta: ObjectMeta, start: int, end: int, hops: int = 0,
                      cached_only: bool = False, charge: Charge = NOBODY
                      ) -> AsyncGenerator[Chunk, None]:
-        """Yield the bytes [start, end] of the pinned version in order, with bounded read-ahead.
+        """Yield the bytes [start, end] of the pinned version in order, with read-ahead.
 
-        Blocks stored here are sent from their files (a block this response fills is
-        awaited onto disk first), so a reader that stalls holds file descriptors, not
-        memory. A block from another node is held in memory until sent: it takes its bytes
-        from the node's MemoryBudget first; read-ahead only takes free budget. A FileChunk
-        must be closed by the receiver. ObjectChanged means the version is gone: the
-        metadata is dropped. Fills are charged to `charge.tenant`: the first block's may
-        wait `charge.wait_s` for the tenant's budget, later ones up to half the fill timeout.
+        A block being filled here is yielded once its first bytes are in and sent as the
+        rest lands (LiveChunk), then from its file; blocks stored here are sent from their
+        files, so a reader that stalls holds file descriptors and positions, not memory. A
+        block from another node is held in memory until sent: it takes its bytes from the
+        node's MemoryBudget first; read-ahead only takes free budget, and its depth follows
+        cachenode/readahead.py. FileChunks and LiveChunks must be closed by the receiver.
+        ObjectChanged means the version is gone: the metadata is dropped. Fills are charged
+        to `charge.tenant`: the first block's may wait `charge.wait_s` for the tenant's
+        budget, later ones up to half the fill timeout.
         """
-        todo = iter(blocks.slices(meta, start, end, self._config.block_size_bytes))
-        s: BlockSlice | None = next(todo, None)
-        pending: deque[_Ahead] = deque()
-        budget = self._budget(charge.tenant)
         later = replace(charge, wait_s=max(charge.wait_s, later_wait(self.fill_timeout_s)))
+        window = Window(iter(blocks.slices(meta, start, end, self.block_size)),
+                        lambda ref, c: self._read(ref, hops, cached_only, c),
+                        lambda ref: self.router.held_in_memory(ref, hops, cached_only),
+                        self._budget(charge.tenant), self._depth(), (charge, later), start)
         try:
-            while True:
-                while s is not None and len(pending) <= self._config.readahead_blocks:
-                    need = self.router.held_in_memory(s.ref, hops, cached_only)
-                    if need and not budget.try_take(need):
-                        if pending:
-                            break  # read ahead only on free budget; retry after a send
-                        await budget.take(need)  # the block to send next may wait
-                    pending.append(_Ahead(s, asyncio.ensure_future(self._read(
-                        s.ref, hops, cached_only, charge if s.ref.start <= start else later)),
-                        need))
-                    s = next(todo, None)
-                if not pending:
-                    return
-                ahead = pending[0]  # stays pending (closed by finally) until its result is ours
+            while (ahead := await window.head()) is not None:
                 try:
-                    got = await ahead.fut
+                    chunk = await window.take(ahead)
                 except ObjectChanged:
                     self.invalidate(meta.bucket, meta.key)
                     raise
-                pending.popleft()
-                held, ahead.held = ahead.held, 0
-                if isinstance(got, OpenBlock):
-                    budget.give(held)  # sent from its file after all
-                    held = 0
                 try:
-                    yield _chunk(ahead.slice, got)
+                    yield chunk
                 finally:
-                    budget.give(held)
+                    window.sent(ahead)
         finally:
-            for a in pending:
-                _discard(a.fut)
-                budget.give(a.held)
+            window.close()
+
+    def _depth(self) -> ReadAhead:
+        """Return a response's read-ahead depth, from --readahead up to --readahead-max."""
+        return ReadAhead(self._config.readahead_blocks, self._config.readahead_max_blocks)
 
     async def _read(self, ref: BlockRef, hops: int, cached_only: bool,
-                    charge: Charge) -> OpenBlock | Fetched:
-        """Return a block routed as usual; one filled from origin here, as its stored file."""
-        got = await self.router.read_block(ref, hops, cached_only, charge)
-        if isinstance(got, Fetched) and got.source == "origin":
-            if await self.filler.settled(ref):
-                got = self.filler.open_written(ref) or got
-        return got
+                    charge: Charge) -> OpenBlock | Fetched | LiveBlock:
+        """Return a block routed as usual; one filled here for another node, whole.
+
+        A peer checks the whole block against the CRC-32C in the headers, so its block is
+        sent once landed, from its file once written (as from any disk).
+        """
+        got = await self.router.read_live(ref, hops, cached_only, charge)
+        if not isinstance(got, LiveBlock) or not hops:
+            return got
+        try:
+            await got.fill.wait(ref.length)
+            stored = await self.filler.settled(ref)
+            held = got.fill.buffer
+        finally:
+            got.close()
+        ob = self.filler.open_written(ref) if stored else None
+        if ob is not None:
+            return ob
+        assert held is not None, "an unstored fill keeps its bytes"
+        return Fetched(bytes(held), "origin")
 
 
 def entry_bytes(meta: ObjectMeta) -> int:
@@ -242,32 +218,3 @@ def entry_bytes(meta: ObjectMeta) -> int:
             + meta.header_bytes())
 
 
-@dataclass(slots=True)
-class _Ahead:
-    """A block of a response being read, and the budget bytes it holds."""
-
-    slice: BlockSlice
-    fut: asyncio.Future[OpenBlock | Fetched]
-    held: int
-
-
-def _chunk(s: BlockSlice, got: OpenBlock | Fetched) -> Chunk:
-    """Return the part of a block that a slice asks for, as a file span or bytes."""
-    if isinstance(got, OpenBlock):
-        return FileChunk(got, s.offset, s.length)
-    whole = s.offset == 0 and s.length == len(got.data)
-    return MemChunk(memoryview(got.data)[s.offset:s.offset + s.length], got.source,
-                    got.crc32c if whole else None)
-
-
-def _discard(fut: asyncio.Future[OpenBlock | Fetched]) -> None:
-    """Cancel a read-ahead that will not be sent, closing any file it opened."""
-
-    def close(f: asyncio.Future[OpenBlock | Fetched]) -> None:
-        if f.cancelled() or f.exception() is not None:
-            return
-        if isinstance(f.result(), OpenBlock):
-            f.result().close()  # type: ignore[union-attr]
-
-    fut.cancel()
-    fut.add_done_callback(close)

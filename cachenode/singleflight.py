@@ -47,8 +47,10 @@ class SingleFlight(Generic[T]):
         """Return whether a call for `key` is in flight."""
         return key in self._tasks
 
-    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
-        """Return fn()'s result for `key` and whether it was shared with another caller."""
+    def join(self, key: Hashable, fn: Callable[[], Awaitable[T]]
+             ) -> tuple[asyncio.Task[T], bool, Callable[[], None]]:
+        """Join or start the call for `key`; return its task, `shared` and a `leave` to call
+        once the caller no longer waits (it counts as a waiter until then)."""
         task = self._tasks.get(key)
         shared = task is not None
         if task is None:
@@ -59,6 +61,19 @@ class SingleFlight(Generic[T]):
         timer = self._timers.pop(task, None)
         if timer is not None:
             timer.cancel()  # abandoned a moment ago: wanted again
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            if not left:
+                left = True
+                self._leave(key, task)
+
+        return task, shared, leave
+
+    async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+        """Return fn()'s result for `key` and whether it was shared with another caller."""
+        task, shared, leave = self.join(key, fn)
         try:
             return await asyncio.shield(task), shared
         except asyncio.CancelledError:
@@ -70,7 +85,7 @@ class SingleFlight(Generic[T]):
                 raise FlightCancelled(key) from None
             raise
         finally:
-            self._leave(key, task)
+            leave()
 
     def _leave(self, key: Hashable, task: asyncio.Task[T]) -> None:
         left = self._waiters[task] - 1

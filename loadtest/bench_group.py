@@ -369,6 +369,12 @@ class Ctx:
     group: Any
     loaders: Loaders
     files: dict[str, list[File]]  # copy name -> files
+    link: Any = None  # a loadtest.link.Link in front of SeaweedFS, or None
+
+    @property
+    def origin_url(self) -> str:
+        """Return where loaders and nodes reach the origin (the link, if there is one)."""
+        return self.link.url if self.link is not None else str(self.s3.endpoint_url)
 
 
 def run_phase_parent(c: Ctx, name: str, mode: str, copy: str) -> dict[str, Any]:
@@ -377,7 +383,7 @@ def run_phase_parent(c: Ctx, name: str, mode: str, copy: str) -> dict[str, Any]:
     spec = {"mode": mode, "inflight": a.inflight, "verify": a.verify,
             "files": [{"key": f.key, "size": f.size, "crcs": f.crcs, "blocks": f.blocks}
                       for f in files],
-            "endpoint": c.s3.endpoint_url, "seeds": c.group.seeds,
+            "endpoint": c.origin_url, "seeds": c.group.seeds,
             "node_urls": [n.url for n in nodes]}
     total = sum(f.size for f in files)
     waited = wait_quiet(a.max_wait)
@@ -389,6 +395,7 @@ def run_phase_parent(c: Ctx, name: str, mode: str, copy: str) -> dict[str, Any]:
         return {"nodes": [h.cpu_seconds(n.proc.pid) for n in nodes],
                 "seaweedfs": h.group_cpu_seconds(c.s3.proc.pid),
                 "etcd": h.group_cpu_seconds(c.etcd.proc.pid),
+                "link": c.link.cpu_seconds() if c.link is not None else 0.0,
                 "machine": h.machine_busy_seconds(), "t": time.monotonic()}
 
     def on_go() -> None:
@@ -428,6 +435,7 @@ def run_phase_parent(c: Ctx, name: str, mode: str, copy: str) -> dict[str, Any]:
         "bad_blocks": bad, "short_loaders": short, "loader_errors": errors[:5],
         "n_loader_errors": len(errors), "client_failovers": r["client_failovers"],
         "cpu_s": {"nodes": sum(cpu_n), "per_node": cpu_n, "seaweedfs": cpu_s, "etcd": cpu_e,
+                  "link": c1["link"] - c0["link"],
                   "loaders": r["cpu_s"], "machine": mach, "machine_util": mach / window_s / h.NCPU,
                   "window_s": window_s},
         "foreign_cpu_s": other, "foreign_top": foreign.top, "waited_for_quiet_s": waited,
@@ -574,6 +582,11 @@ def main() -> int:
                    help="do not read straight from SeaweedFS a second time at the end")
     p.add_argument("--max-wait", type=float, default=20.0,
                    help="before each phase, wait up to this many seconds for a quiet machine")
+    p.add_argument("--link-gbit", type=float, default=0.0,
+                   help="put a thin link (loadtest/link.py) of this many Gbit/s in front of "
+                        "SeaweedFS, for the loaders and the nodes alike (0: none)")
+    p.add_argument("--link-latency-ms", default="5-20",
+                   help="the link's delay before each response, ms (\"10\" or \"5-20\")")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, data)")
     p.add_argument("--table", type=Path, metavar="JSON",
                    help="only print the table of a saved result (loadtest/results/group-*.json)")
@@ -604,6 +617,7 @@ def main() -> int:
     s3 = SeaweedFS(tmp / "seaweedfs")
     etcd = Etcd(tmp / "etcd")
     group: Any = None
+    link: Any = None
     loaders: Loaders | None = None
     phases: list[dict[str, Any]] = []
     failed: BaseException | None = None
@@ -618,6 +632,11 @@ def main() -> int:
         s3.start()
         s3.make_bucket(BUCKET)
         etcd.start()
+        if a.link_gbit:
+            from loadtest.link import Link, parse_latency
+
+            link = Link(s3.endpoint_url, a.link_gbit, parse_latency(a.link_latency_ms)).start()
+            out["meta"]["link"] = link.describe()
         copies = ["v1"] + (["v1-rr"] if a.rr else [])
         files: dict[str, list[File]] = {}
         t = time.monotonic()
@@ -637,11 +656,11 @@ def main() -> int:
                         for c, fl in files.items()}
         shutil.rmtree(src)
         log(f"starting a group of {N_NODES} cache nodes")
-        group = LocalGroup(tmp / "group", s3.env(), etcd.endpoint, N_NODES,
-                           "--capacity", "4GiB")
+        env = {**s3.env(), "AWS_ENDPOINT_URL": link.url} if link is not None else s3.env()
+        group = LocalGroup(tmp / "group", env, etcd.endpoint, N_NODES, "--capacity", "4GiB")
         group.start()
         out["meta"]["node_urls"] = [n.url for n in group.nodes]
-        c = Ctx(a, s3, etcd, group, loaders, files)
+        c = Ctx(a, s3, etcd, group, loaders, files, link)
         plan = [("direct", "direct", "v1"), ("group cold", "group", "v1"),
                 ("group warm", "group", "v1")]
         if a.rr:
@@ -659,6 +678,8 @@ def main() -> int:
         if group is not None:
             out["node_logs"] = scan_logs(group)
             group.stop()
+        if link is not None:
+            link.stop()
         etcd.stop()
         s3.stop()
         out["meta"]["wall_seconds"] = round(time.monotonic() - t_start, 1)

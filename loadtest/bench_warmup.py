@@ -77,6 +77,12 @@ class Bench:
     group: Any
     coord: Any
     files: list[tuple[str, int]]  # (key, size)
+    link: Any = None  # a loadtest.link.Link in front of SeaweedFS, or None
+
+    @property
+    def origin_url(self) -> str:
+        """Return where direct reads and the nodes reach the origin (the link, if any)."""
+        return self.link.url if self.link is not None else str(self.s3.endpoint_url)
 
     @property
     def total_bytes(self) -> int:
@@ -118,6 +124,7 @@ def cpu_now(b: Bench) -> dict[str, Any]:
             "nodes_user_sys": [h.cpu_split(n.proc.pid) for n in b.group.nodes],
             "seaweedfs": h.group_cpu_seconds(b.s3.proc.pid),
             "etcd": h.group_cpu_seconds(b.etcd.proc.pid),
+            "link": b.link.cpu_seconds() if b.link is not None else 0.0,
             "bench": h.self_cpu_seconds(), "machine": h.machine_busy_seconds(),
             "t": time.monotonic()}
 
@@ -126,7 +133,8 @@ def cpu_delta(c0: dict[str, Any], c1: dict[str, Any]) -> dict[str, Any]:
     per_node = [y - x for x, y in zip(c0["nodes"], c1["nodes"], strict=True)]
     window = c1["t"] - c0["t"]
     mach = c1["machine"] - c0["machine"]
-    out = {k: c1[k] - c0[k] for k in ("coordinator", "seaweedfs", "etcd", "bench", "machine")}
+    out = {k: c1[k] - c0[k] for k in ("coordinator", "seaweedfs", "etcd", "link", "bench",
+                                         "machine")}
     us = [(y[0] - x[0], y[1] - x[1])
           for x, y in zip(c0["nodes_user_sys"], c1["nodes_user_sys"], strict=True)]
     out.update(nodes=sum(per_node), per_node=per_node, window_s=window,
@@ -169,7 +177,7 @@ async def read_direct(b: Bench, marks: dict[str, Any]) -> dict[str, Any]:
     from tests.servers import aio_s3_client
 
     p = b.args.parallel
-    async with aio_s3_client(b.s3.endpoint_url, max_pool_connections=2 * p, read_timeout=120,
+    async with aio_s3_client(b.origin_url, max_pool_connections=2 * p, read_timeout=120,
                              retries={"max_attempts": 1}) as s3:
         await s3.head_bucket(Bucket=BUCKET)  # the connection pool is warm, as the nodes' is
         marks["cpu0"], marks["foreign"] = cpu_now(b), h.ForeignLoad().start()
@@ -523,6 +531,11 @@ def main() -> int:
                    help="before each phase, wait up to this many seconds for a quiet machine")
     p.add_argument("--job-timeout", type=float, default=300.0,
                    help="give up on a warmup job after this many seconds")
+    p.add_argument("--link-gbit", type=float, default=0.0,
+                   help="put a thin link (loadtest/link.py) of this many Gbit/s in front of "
+                        "SeaweedFS, for direct reads and the nodes alike (0: none)")
+    p.add_argument("--link-latency-ms", default="5-20",
+                   help="the link's delay before each response, ms (\"10\" or \"5-20\")")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, data)")
     a = p.parse_args()
     size = (a.size or (512 if a.quick else 2048)) * MiB
@@ -558,6 +571,7 @@ def main() -> int:
     s3, etcd = SeaweedFS(tmp / "seaweedfs"), Etcd(tmp / "etcd")
     group: Any = None
     coord: Any = None
+    link: Any = None
     phases: list[dict[str, Any]] = []
     failed: BaseException | None = None
     try:
@@ -575,13 +589,19 @@ def main() -> int:
             (src / name).unlink()
         out["meta"]["upload_s"] = round(time.monotonic() - t, 1)
         log(f"starting {N_NODES} cache nodes (--capacity {capacity}) and the coordinator")
-        group = LocalGroup(tmp / "group", s3.env(), etcd.endpoint, N_NODES, "--capacity", capacity)
+        if a.link_gbit:
+            from loadtest.link import Link, parse_latency
+
+            link = Link(s3.endpoint_url, a.link_gbit, parse_latency(a.link_latency_ms)).start()
+            out["meta"]["link"] = link.describe()
+        env = {**s3.env(), "AWS_ENDPOINT_URL": link.url} if link is not None else s3.env()
+        group = LocalGroup(tmp / "group", env, etcd.endpoint, N_NODES, "--capacity", capacity)
         group.start()
         coord = CoordinatorProcess(tmp / "coord", s3.env(), etcd.endpoint, group.cluster, "c1",
                                    *coord_args)
         coord.start()
         coord.wait_leader()
-        b = Bench(a, s3, etcd, group, coord, [(PREFIX + n, s) for n, s in files])
+        b = Bench(a, s3, etcd, group, coord, [(PREFIX + n, s) for n, s in files], link)
         phases.append(run_direct(b, "direct"))
         wait_quiet(a.max_wait)
         out["coordinator_idle_cpu_per_s"] = coordinator_idle(b, 3.0)
@@ -612,6 +632,8 @@ def main() -> int:
         if group is not None:
             out["node_logs"] = scan_logs(group)
             group.stop()
+        if link is not None:
+            link.stop()
         etcd.stop()
         out["etcd_log"] = etcd_log(etcd)
         s3.stop()

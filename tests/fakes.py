@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from cachenode.access import NO_LIMITS, TenantLimits
 from cachenode.blocks import Headers, ObjectMeta
@@ -21,7 +22,8 @@ def blob(size: int, seed: int = 1) -> bytes:
 class FakeOrigin:
     """A dict of objects behaving like the S3 origin, counting every call."""
 
-    def __init__(self, delay_s: float = 0.0) -> None:
+    def __init__(self, delay_s: float = 0.0, piece_bytes: int = 0,
+                 piece_delay_s: float = 0.0) -> None:
         self.objects: dict[tuple[str, str], tuple[bytes, str]] = {}
         self.described: dict[tuple[str, str], tuple[str, Headers, Headers]] = {}
         self.buckets: dict[str, str] = {}  # bucket -> region; put() adds "" (us-east-1)
@@ -29,6 +31,10 @@ class FakeOrigin:
         self.lists: Counter[ListQuery] = Counter()  # every listing call
         self.gets: Counter[tuple[str, str, int]] = Counter()  # (bucket, key, start)
         self.delay_s = delay_s
+        # A GET's body arrives in pieces of `piece_bytes` (0: at once), `piece_delay_s` apart;
+        # with `cut_after` set, every body is cut after that many bytes (OriginUnavailable).
+        self.piece_bytes, self.piece_delay_s = piece_bytes, piece_delay_s
+        self.cut_after: int | None = None
         self.fail: CacheError | None = None  # raised by every call while set
 
     def put(self, bucket: str, key: str, data: bytes, content_type: str = "",
@@ -56,6 +62,22 @@ class FakeOrigin:
         if etag != meta.etag:
             raise ObjectChanged(meta.bucket, meta.key, meta.etag)
         return data[start:start + length]
+
+    async def read_into(self, meta: ObjectMeta, start: int, into: memoryview,
+                        landed: Callable[[int], None]) -> None:
+        """Land the bytes of the pinned version in `into`, piece by piece, or raise."""
+        data = await self.get_range(meta, start, len(into))
+        step = self.piece_bytes or len(data) or 1
+        for pos in range(0, len(data), step):
+            if pos and self.piece_delay_s:
+                await asyncio.sleep(self.piece_delay_s)
+            end = min(len(data), pos + step)
+            if self.cut_after is not None and end > self.cut_after:
+                into[pos:self.cut_after] = data[pos:self.cut_after]
+                landed(self.cut_after)
+                raise OriginUnavailable(meta.bucket, meta.key, "body cut mid-block")
+            into[pos:end] = data[pos:end]
+            landed(end)
 
     async def list_objects(self, query: ListQuery) -> ListPage:
         """Return a page of keys after start-after/token, rolled up at the delimiter.

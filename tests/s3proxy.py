@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,12 +34,17 @@ class CountingProxy:
     """A reverse proxy to `upstream` on 127.0.0.1, served from its own thread and event loop."""
 
     def __init__(self, upstream: str, port: int | None = None, chunk_bytes: int = 256 * 1024,
-                 rate_bytes_s: float | None = None) -> None:
-        """Describe a proxy; `rate_bytes_s` shapes every response body together (one link)."""
+                 rate_bytes_s: float | None = None, latency_s: float = 0.0,
+                 latency_max_s: float | None = None) -> None:
+        """Describe a proxy; `rate_bytes_s` shapes every response body together (one link),
+        `latency_s` delays each request before it is forwarded (a distant origin), or a
+        delay drawn uniformly from [`latency_s`, `latency_max_s`] if that is given."""
         self.upstream = upstream.rstrip("/")
         self.port = port or free_port()
         self.chunk_bytes = chunk_bytes
-        self.rate_bytes_s = rate_bytes_s
+        self.rate_bytes_s, self.latency_s = rate_bytes_s, latency_s
+        self.latency_max_s = latency_max_s
+        self._cuts: list[int] = []  # bodies to cut after so many bytes; guarded by _lock
         self._link_free_at = 0.0  # loop time the shaped link is next free; touched on _loop
         self._counts = Counts()  # guarded by _lock
         self._lock = threading.Lock()
@@ -162,9 +168,18 @@ class CountingProxy:
         with self._lock:
             self._failures.extend([(status, code)] * n)
 
+    def cut_next(self, n: int, after_bytes: int) -> None:
+        """Cut the bodies of the next `n` GETs after `after_bytes` bytes (connection dropped)."""
+        with self._lock:
+            self._cuts.extend([after_bytes] * n)
+
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         """Send the request on unchanged (raw path, query, Host, Authorization); stream back."""
         self._count(request)
+        if self.latency_max_s is not None:
+            await asyncio.sleep(random.uniform(self.latency_s, self.latency_max_s))
+        elif self.latency_s:
+            await asyncio.sleep(self.latency_s)
         if self._hang_release is not None:
             forward = await asyncio.shield(self._hang_release)
             transport = request.transport
@@ -194,15 +209,29 @@ class CountingProxy:
                 if k.lower() not in HOP_BY_HOP:
                     response.headers.add(k, v)
             await response.prepare(request)
+            with self._lock:
+                cut = self._cuts.pop(0) if self._cuts and request.method == "GET" else None
             try:
                 if request.method != "HEAD":
-                    async for chunk in upstream.content.iter_chunked(self.chunk_bytes):
-                        await self._shape(len(chunk))
-                        await response.write(chunk)
+                    await self._body(request, response, upstream, cut)
                 await response.write_eof()
             except ConnectionResetError:  # the client went away mid-body
                 pass
             return response
+
+    async def _body(self, request: web.Request, response: web.StreamResponse,
+                    upstream: aiohttp.ClientResponse, cut: int | None) -> None:
+        """Stream the upstream body through the shaped link, cut after `cut` bytes if set."""
+        sent = 0
+        async for chunk in upstream.content.iter_chunked(self.chunk_bytes):
+            if cut is not None and sent + len(chunk) > cut:
+                await response.write(chunk[:cut - sent])
+                if request.transport is not None:
+                    request.transport.abort()  # the client sees the body end short
+                raise ConnectionResetError("body cut by CountingProxy")
+            await self._shape(len(chunk))
+            await response.write(chunk)
+            sent += len(chunk)
 
     async def _shape(self, n: int) -> None:
         """Wait until the shaped link has carried the bytes before these `n` (FIFO)."""

@@ -200,7 +200,7 @@ class DiskStore:
                        else "file shorter than recorded")
         return None
 
-    async def put(self, ref: BlockRef, data: bytes, tenant: str = "",
+    async def put(self, ref: BlockRef, data: bytes | bytearray, tenant: str = "",
                   warmed: bool = False) -> None:
         """Store a filled block: reserve space, write a temp file, rename, then index it.
 
@@ -217,7 +217,8 @@ class DiskStore:
         size = len(data)  # ENOSPC twice
         raise StoreFull(size, self.space.limit, self.space.disk_full(self._lru.total, size))
 
-    async def _write_block(self, ref: BlockRef, data: bytes, tenant: str, warmed: bool) -> bool:
+    async def _write_block(self, ref: BlockRef, data: bytes | bytearray, tenant: str,
+                           warmed: bool) -> bool:
         """Write and index one block; return False if the disk was full (the store shrank)."""
         bid, size = ref.block_id, len(data)
         self._reserve(size)  # raises StoreFull
@@ -256,7 +257,7 @@ class DiskStore:
                     self.space.floor_bytes, self.space.limit)
         return False
 
-    def _write_file(self, tmp: Path, final: Path, data: bytes) -> int:
+    def _write_file(self, tmp: Path, final: Path, data: bytes | bytearray) -> int:
         return write_block_file(tmp, final, data, self._fsync)  # a seam for tests
 
     def _reserve(self, size: int) -> None:

@@ -25,13 +25,23 @@ class OpenBlock:
         os.close(self.fd)
 
 
-def write_block_file(tmp: Path, final: Path, data: bytes, fsync: bool) -> int:
+# Bytes per write(2). Measured on ext4 (kernel 6.18, a 2-core VM): 1 GiB of new 4 MiB files
+# cost 1.7-2.7 s of kernel CPU written whole, 0.4 s written 1 MiB at a time (tmpfs: 0.5 s).
+WRITE_STEP_BYTES = 1 << 20
+
+
+def write_block_file(tmp: Path, final: Path, data: bytes | bytearray, fsync: bool) -> int:
     """Write `data` to `tmp` (fsync'd if asked), rename it to `final`; return its CRC-32C."""
     crc = crc32c(data)
-    with open(tmp, "wb") as f:
-        f.write(data)
+    view = memoryview(data)
+    with open(tmp, "wb", buffering=0) as f:
+        done = 0
+        while done < len(view):  # slices of the caller's buffer: no copy
+            n = f.write(view[done:done + WRITE_STEP_BYTES])
+            if not n:
+                raise OSError(f"write of {tmp} made no progress at byte {done}")
+            done += n
         if fsync:
-            f.flush()
             os.fsync(f.fileno())
     final.parent.mkdir(parents=True, exist_ok=True)
     os.rename(tmp, final)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from cachenode.store.space import StoreSpace
 
-WriteFile = Callable[[Path, Path, bytes], int]  # (temp, final, data) -> checksum; renames
+# (temp, final, data) -> checksum; renames
+WriteFile = Callable[[Path, Path, bytes | bytearray], int]
 
 
 class TempFiles:
@@ -25,7 +26,7 @@ class TempFiles:
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
 
-    async def write(self, bid: str, final: Path, data: bytes,
+    async def write(self, bid: str, final: Path, data: bytes | bytearray,
                     kept: Callable[[], bool]) -> int:
         """Write reserved bytes to `final` via a temp file, release them, return the checksum.
 
@@ -48,7 +49,7 @@ class TempFiles:
         self._space.release(size)  # renamed: the caller counts it as a block, no await between
         return crc
 
-    def _write(self, tmp: Path, final: Path, data: bytes) -> int:
+    def _write(self, tmp: Path, final: Path, data: bytes | bytearray) -> int:
         try:
             return self._write_file(tmp, final, data)
         except BaseException:

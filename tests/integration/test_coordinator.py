@@ -95,6 +95,8 @@ def test_a_warmed_prefix_reads_with_zero_origin_gets_and_a_rerun_reads_nothing(
     proxy.reset()
     read_all(group, bucket, files)
     assert gets(proxy) == 0  # everything was on its owner
+    assert group.metric("blockcache_handoffs_total", result="hit") == 0  # formed together:
+    assert group.metric("blockcache_handoffs_total", result="miss") == 0  # no one was asked
 
     again = coord.wait_job(warm(coord, f"s3://{bucket}/org/llm/v1", verify=True)["id"])
     assert again["state"] == "complete"

@@ -103,6 +103,8 @@ def test_64_cold_readers_over_3_nodes_make_one_origin_get_per_block(group: Local
     assert range_gets(proxy, bucket, "herd.bin") == 25
     assert group.metric("blockcache_fills_total") == 25
     assert group.metric("blockcache_peer_reads_total", result="ok") > 0
+    assert group.metric("blockcache_handoffs_total", result="hit") == 0  # formed together:
+    assert group.metric("blockcache_handoffs_total", result="miss") == 0  # no one was asked
 
 
 def test_kill9_of_a_node_while_8_clients_read_1gib_fails_no_read(group: LocalGroup, s3,  # type: ignore[no-untyped-def]

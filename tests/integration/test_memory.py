@@ -8,9 +8,13 @@ blocks come from other nodes and are held in memory until sent).
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import socket
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -108,3 +112,48 @@ def test_stalled_readers_of_cold_data_stay_under_512_mib(request, s3, bucket,  #
     assert status == 200 and body == data
     after = {n.data_dir.name: rss(n) // MiB for n in nodes}
     assert all(v < RSS_LIMIT // MiB for v in after.values()), after
+
+
+def test_64_readers_of_one_cold_object_stay_under_512_mib(alone: list[NodeProcess], s3,  # type: ignore[no-untyped-def]
+                                                         proxy, bucket) -> None:
+    """Cut-through: 64 readers that join the same fills as they stream hold no copies."""
+    node = alone[0]
+    data = pattern(16 * BS, seed=64)
+    s3.put_object(bucket, "herd.bin", data)
+    proxy.rate_bytes_s = 64 * MiB  # a second of link time: every reader joins fills midway
+    want = hashlib.sha256(data).hexdigest()
+    barrier = threading.Barrier(64)
+
+    def reader(_: int) -> str:
+        barrier.wait()
+        conn = http.client.HTTPConnection("127.0.0.1", node.http_port, timeout=60)
+        try:
+            conn.request("GET", f"/{bucket}/herd.bin")
+            r = conn.getresponse()
+            assert r.status == 200
+            digest = hashlib.sha256()
+            while chunk := r.read(256 * 1024):
+                digest.update(chunk)
+            return digest.hexdigest()
+        finally:
+            conn.close()
+
+    peak = {"rss": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak["rss"] = max(peak["rss"], rss(node))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=sample)
+    watcher.start()
+    try:
+        with ThreadPoolExecutor(64) as pool:
+            assert set(pool.map(reader, range(64))) == {want}
+    finally:
+        done.set()
+        watcher.join()
+    print(f"64 readers of one cold object: node RSS peak {peak['rss'] // MiB} MiB")
+    assert peak["rss"] < RSS_LIMIT, peak["rss"] // MiB
+    assert node.metric("blockcache_fills_total") == 16  # one fill per block for all 64

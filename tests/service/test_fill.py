@@ -167,19 +167,20 @@ async def test_concurrent_fills_are_bounded(make_env: Callable[..., Env]) -> Non
     env = make_env(max_concurrent_fills=2)
     meta, _ = await env.object("m", 6 * BS)
     active = peak = 0
-    real_get = env.origin.get_range
+    real_get = env.origin.read_into
 
-    async def counting_get(m: ObjectMeta, start: int, length: int) -> bytes:
+    async def counting_get(m: ObjectMeta, start: int, into: memoryview,
+                           landed: Callable[[int], None]) -> None:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
         try:
             await asyncio.sleep(0.01)
-            return await real_get(m, start, length)
+            await real_get(m, start, into, landed)
         finally:
             active -= 1
 
-    env.origin.get_range = counting_get  # type: ignore[method-assign,assignment]
+    env.origin.read_into = counting_get  # type: ignore[method-assign]
     got = await asyncio.gather(*(env.filler.read_block(BlockRef(meta, i, BS)) for i in range(6)))
     for g in got:
         as_bytes(g)

@@ -31,6 +31,8 @@ class Rec:
     weight: int = 100
     state: str = "up"
     block_size: int = 0
+    registered_at: float = 0.0
+    filled_since: float = 0.0
 
 
 class FakePeers:
@@ -226,6 +228,34 @@ async def test_a_group_formed_together_stops_asking_for_handoffs(group: Group) -
     probes = sum(1 for n in group.nodes.values() for c in n.peers.calls if c[2])
     assert probes <= 3 * 2 * 64  # each owner gives up on each source after 64 misses
     assert group.gets() == 600
+
+
+def probes(group: Group) -> int:
+    return sum(1 for n in group.nodes.values() for c in n.peers.calls if c[2])
+
+
+@pytest.mark.asyncio
+async def test_a_group_registered_together_asks_no_handoff_question(group: Group) -> None:
+    t = 1_700_000_000.0
+    group.publish({n: Rec(n, registered_at=t + i) for i, n in enumerate(group.nodes)})
+    meta, data = obj(group, 96 * BS)
+    refs = [BlockRef(meta, i, BS) for i in range(96)]
+    got = await asyncio.gather(*(group.nodes["a"].read(r) for r in refs))
+    assert b"".join(got) == data
+    assert probes(group) == 0
+    assert group.gets() == 96
+    d = group.add("d")  # joins once the others filled: it asks them, they do not ask it
+    times = {"a": (t, t + 9), "b": (t, t + 9), "c": (t, t + 9), "d": (t + 600, 0.0)}
+    group.publish({n: Rec(n, registered_at=r, filled_since=f) for n, (r, f) in times.items()})
+    moved = [r for r in refs if d.router.owners(r)[0] == "d"]
+    assert moved and all(d.router._handoff_sources(r) for r in moved)
+    assert not any(group.nodes[n].router._handoff_sources(r) for n in "abc" for r in refs)
+    await asyncio.gather(*(d.read(r) for r in moved))
+    assert group.gets() == 96  # handed off, not refetched
+    group.publish({n: Rec(n, registered_at=r, filled_since=f,
+                          state="draining" if n == "c" else "up")
+                   for n, (r, f) in times.items()})  # c drains: the new owners ask it
+    assert any("c" in group.nodes[n].router._handoff_sources(r) for n in "abd" for r in refs)
 
 
 @pytest.mark.asyncio
