@@ -291,6 +291,8 @@ class Filler:
             if ob is not None:  # filled while we queued
                 ob.close()
                 fill.on_disk()
+                if self._fills.get(ref.block_id) is fill:  # no write behind will forget it
+                    del self._fills[ref.block_id]
                 return None
             self._metrics.fills_in_flight.set(len(self._flight))
             try:
@@ -337,15 +339,24 @@ class Filler:
             if data is not None and len(data) == ref.length:
                 if ticket is not None:
                     ticket.handed_off()  # no origin bytes after all
+                self._note_first_fill()  # it holds blocks now: a later joiner asks it
                 fill.give(data)
                 return
         await self._fetch(ref, charge, fill)
 
+    def saturated(self) -> bool:
+        """Return whether every origin GET slot is taken (a new fill would queue)."""
+        return self._limit.locked()
+
+    def _note_first_fill(self) -> None:
+        """Tell the group, once, that this node has begun to hold blocks (cachenode/handoff.py)."""
+        if (first := self.first_fill) is not None:
+            self.first_fill = None
+            first(time.time())
+
     async def _fetch(self, ref: BlockRef, charge: Charge, fill: Fill) -> None:
         async with self._limit:
-            if (first := self.first_fill) is not None:
-                self.first_fill = None
-                first(time.time())
+            self._note_first_fill()
             self._metrics.fills.inc()
             t0 = time.monotonic()
             await self._origin.read_into(ref.obj, ref.start, fill.target(), fill.landed)

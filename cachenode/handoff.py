@@ -8,9 +8,10 @@ questions down to the ones that can be answered with a block:
   and while two nodes both stay on the ring with the same weights one never owns a block of
   the other's; so another node holds blocks this node owns only if it filled them before this
   node registered. Each record carries when its process registered and when it first filled
-  a block (0: not yet; 1: it started with blocks on disk): a node on the ring whose first
-  fill is not before this node's registration is not asked. So a group that formed together
-  and then warmed asks nothing, and a node that joins later asks the ones that were serving.
+  a block, from the origin or by a handoff (0: not yet; 1: it started with blocks on disk):
+  a node on the ring whose first fill is not before this node's registration is not asked.
+  So a group that formed together and then warmed asks nothing, and a node that joins
+  later asks the ones that were serving.
   Asked all the same: a member off the ring (draining: it still holds what it owned), a
   record without times (an older version), and everyone once this node has left the ring or
   a weight changed (blocks moved between nodes that stayed).

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from cachenode.blocks import ObjectMeta
 from cachenode.checksum import crc32c
-from cachenode.errors import CacheError, DiskUnavailable
+from cachenode.errors import CacheError, DiskUnavailable, ObjectChanged
 from cachenode.metrics import NodeMetrics
 from cachenode.peers_http import CRC
 from cachenode.qos import NOBODY, Charge
@@ -101,6 +101,8 @@ class BodySender:
         except (CacheError, EOFError) as e:
             # Headers are out: cut the connection so the reader sees a short body,
             # never bytes of another version or a silent gap.
+            if isinstance(e, ObjectChanged):  # found by a fill's resumed GET: forget it
+                self._service.invalidate(meta.bucket, meta.key)
             log.warning("cut s3://%s/%s bytes=%d-%d after the headers: %s", meta.bucket,
                         meta.key, span.start, span.end, e)
             abort(request)
@@ -166,12 +168,13 @@ async def send_live(sender: SocketSender, chunk: LiveChunk) -> None:
                 ob.close()
             return
         view = memoryview(buf)[pos:min(fill.received, end)]
-        if raw:
-            n = sender.write_now(view)
-        else:  # no socket of our own (TLS, a test transport): through aiohttp, a copy
-            await sender.send_bytes(bytes(view))
-            n = len(view)
-        del view  # hold nothing of the buffer across a wait
+        # Hold nothing of the buffer across a wait: once the block is stored, it can go.
+        data = None if raw else bytes(view)  # no socket of our own (TLS, a test transport)
+        n = sender.write_now(view) if raw else len(view)
+        del view, buf
+        if data is not None:
+            await sender.send_bytes(data)
+            del data
         if n:
             pos, progress = pos + n, time.monotonic()
             want = min(end, pos + LIVE_STEP_BYTES)

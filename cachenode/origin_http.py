@@ -146,8 +146,10 @@ async def _land(content: aiohttp.StreamReader, into: memoryview,
     """Copy a body into `into` as it arrives; raise ClientPayloadError if it ends short."""
     pos, want = 0, len(into)
     while pos < want:
-        piece, _ = await content.readchunk()
+        piece, chunk_end = await content.readchunk()
         if not piece:
+            if chunk_end:  # (b"", True): a chunked body's chunk boundary, not its end
+                continue
             raise aiohttp.ClientPayloadError(f"body ended after {pos} of {want} bytes")
         n = min(len(piece), want - pos)
         into[pos:pos + n] = piece if n == len(piece) else piece[:n]

@@ -170,7 +170,8 @@ class BlockService:
         window = Window(iter(blocks.slices(meta, start, end, self.block_size)),
                         lambda ref, c: self._read(ref, hops, cached_only, c),
                         lambda ref: self.router.held_in_memory(ref, hops, cached_only),
-                        self._budget(charge.tenant), self._depth(), (charge, later), start)
+                        self._budget(charge.tenant), self._depth(), (charge, later), start,
+                        self.filler.saturated)
         try:
             while (ahead := await window.head()) is not None:
                 try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from cachenode.blocks import BlockRef, BlockSlice
 from cachenode.budget import MemoryBudget, TenantBudget
+from cachenode.errors import DiskUnavailable
 from cachenode.filling import LiveBlock
 from cachenode.qos import Charge
 from cachenode.readahead import ReadAhead
@@ -76,14 +77,17 @@ class Window:
     def __init__(self, todo: Iterator[BlockSlice], read: Callable[[BlockRef, Charge],
                  Awaitable[Got]], held: Callable[[BlockRef], int],
                  budget: MemoryBudget | TenantBudget, depth: ReadAhead,
-                 charges: tuple[Charge, Charge], start: int) -> None:
+                 charges: tuple[Charge, Charge], start: int,
+                 saturated: Callable[[], bool] = lambda: False) -> None:
         """Read `todo` with `read`; `held(ref)` is what a block holds in memory; a block
-        from `start` on is charged charges[0], the rest charges[1]."""
+        from `start` on is charged charges[0], the rest charges[1]; while `saturated()`
+        (every origin GET slot of the node taken) a wait does not deepen the read-ahead."""
         self._todo, self._read, self._held = todo, read, held
         self._next: BlockSlice | None = next(todo, None)
         self._pending: deque[_Ahead] = deque()
         self._budget, self.depth = budget, depth
         self._charges, self._start = charges, start
+        self._saturated = saturated
 
     async def head(self) -> _Ahead | None:
         """Start the blocks the depth and budget allow; return the next to send (None: done)."""
@@ -104,7 +108,9 @@ class Window:
         """Wait for the block to send next and return its span (the depth learns from it)."""
         fut = ahead.fut  # stays pending (closed by close()) until its result is ours
         if not fut.done():
-            if len(self._pending) > self.depth.blocks:  # the whole depth was in flight
+            # The whole depth was in flight, and the block is not queued behind the node's
+            # own GETs (more read-ahead would only lengthen that queue): go deeper.
+            if len(self._pending) > self.depth.blocks and not self._saturated():
                 self.depth.waited()
         elif not fut.cancelled() and fut.exception() is None and _whole(fut.result()):
             self.depth.ready()
@@ -151,12 +157,15 @@ async def settle_chunk(chunk: Chunk) -> FileChunk | MemChunk:
     try:
         fill = chunk.live.fill
         await fill.wait(fill.length)
+        buf = fill.buffer
+        if buf is not None:  # its write is still under way: a copy of the span, not a view
+            # (a view would keep the whole block alive for as long as the reader takes)
+            data = bytes(memoryview(buf)[chunk.offset:chunk.offset + chunk.length])
+            return MemChunk(memoryview(data), "origin")
         ob = fill.open_file()
-        if ob is not None:
-            return FileChunk(ob, chunk.offset, chunk.length)
-        assert fill.buffer is not None, "a fill not stored keeps its bytes"
-        return MemChunk(memoryview(fill.buffer)[chunk.offset:chunk.offset + chunk.length],
-                        "origin")
+        if ob is None:
+            raise DiskUnavailable("a block left the store as it was read")
+        return FileChunk(ob, chunk.offset, chunk.length)
     finally:
         chunk.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -47,10 +48,20 @@ class CoordinatorProcess(ChildProcess):
                                          env={**os.environ, **self.origin_env}, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True,
                                          preexec_fn=child_setup())
+        try:
+            return self._wait_healthy(self.proc, timeout_s)
+        except BaseException:
+            with contextlib.suppress(RuntimeError):
+                self.stop()
+            raise
+
+    def _wait_healthy(self, proc: subprocess.Popen[bytes], timeout_s: float
+                      ) -> CoordinatorProcess:
+        """Wait until /healthz answers 200, or raise with the log's tail."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"cachecoordinator exited with {self.proc.returncode}: "
+            if proc.poll() is not None:
+                raise RuntimeError(f"cachecoordinator exited with {proc.returncode}: "
                                    f"{self.log_path.read_text()[-2000:]}")
             try:
                 if self.call("GET", "/healthz")[0] == 200:

@@ -79,7 +79,11 @@ class LocalGroup:
                 pass
 
     def __enter__(self) -> LocalGroup:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:  # __exit__ does not run: stop the nodes already started
+            self.stop()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

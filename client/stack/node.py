@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -47,9 +48,14 @@ class NodeProcess(ChildProcess):
         return f"http://127.0.0.1:{self.s3_port}"
 
     def start(self, timeout_s: float = 30.0) -> NodeProcess:
-        """Start the process and wait until /readyz answers 200."""
+        """Start the process and wait until /readyz answers 200 (else stop it and raise)."""
         self.spawn()
-        return self.wait_ready(timeout_s)
+        try:
+            return self.wait_ready(timeout_s)
+        except BaseException:
+            with contextlib.suppress(RuntimeError):
+                self.stop()
+            raise
 
     def spawn(self) -> None:
         """Start the process without waiting for it."""

@@ -88,7 +88,10 @@ class ChildProcess:
             self.proc.wait(timeout_s)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self.proc.wait(5)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:  # unkillable (D state): say so, do not hang
+                pass
             raise RuntimeError(f"{self.name} did not stop on SIGTERM") from None
 
 
