@@ -344,9 +344,11 @@ class Filler:
                 return
         await self._fetch(ref, charge, fill)
 
-    def saturated(self) -> bool:
-        """Return whether every origin GET slot is taken (a new fill would queue)."""
-        return self._limit.locked()
+    def queued(self, ref: BlockRef) -> bool:
+        """Return whether the block's fill here waits to start (budget, slots, GET limit)."""
+        fill = self._fills.get(ref.block_id)
+        return fill is not None and fill.buffer is None and not fill.complete \
+            and fill.error is None
 
     def _note_first_fill(self) -> None:
         """Tell the group, once, that this node has begun to hold blocks (cachenode/handoff.py)."""

@@ -171,7 +171,7 @@ class BlockService:
                         lambda ref, c: self._read(ref, hops, cached_only, c),
                         lambda ref: self.router.held_in_memory(ref, hops, cached_only),
                         self._budget(charge.tenant), self._depth(), (charge, later), start,
-                        self.filler.saturated)
+                        self.filler.queued)
         try:
             while (ahead := await window.head()) is not None:
                 try:

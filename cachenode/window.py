@@ -78,16 +78,16 @@ class Window:
                  Awaitable[Got]], held: Callable[[BlockRef], int],
                  budget: MemoryBudget | TenantBudget, depth: ReadAhead,
                  charges: tuple[Charge, Charge], start: int,
-                 saturated: Callable[[], bool] = lambda: False) -> None:
+                 queued: Callable[[BlockRef], bool] = lambda ref: False) -> None:
         """Read `todo` with `read`; `held(ref)` is what a block holds in memory; a block
-        from `start` on is charged charges[0], the rest charges[1]; while `saturated()`
-        (every origin GET slot of the node taken) a wait does not deepen the read-ahead."""
+        from `start` on is charged charges[0], the rest charges[1]; a wait for a block
+        whose fill is `queued` (its GET not started) does not deepen the read-ahead."""
         self._todo, self._read, self._held = todo, read, held
         self._next: BlockSlice | None = next(todo, None)
         self._pending: deque[_Ahead] = deque()
         self._budget, self.depth = budget, depth
         self._charges, self._start = charges, start
-        self._saturated = saturated
+        self._queued = queued
 
     async def head(self) -> _Ahead | None:
         """Start the blocks the depth and budget allow; return the next to send (None: done)."""
@@ -108,9 +108,10 @@ class Window:
         """Wait for the block to send next and return its span (the depth learns from it)."""
         fut = ahead.fut  # stays pending (closed by close()) until its result is ours
         if not fut.done():
-            # The whole depth was in flight, and the block is not queued behind the node's
-            # own GETs (more read-ahead would only lengthen that queue): go deeper.
-            if len(self._pending) > self.depth.blocks and not self._saturated():
+            # The whole depth was in flight and the block's GET is under way: go deeper. Not
+            # if it queues (for the tenant's budget, a fill slot, the node's GETs): more
+            # read-ahead would only lengthen the queue and spend budget on blocks ahead.
+            if len(self._pending) > self.depth.blocks and not self._queued(ahead.slice.ref):
                 self.depth.waited()
         elif not fut.cancelled() and fut.exception() is None and _whole(fut.result()):
             self.depth.ready()

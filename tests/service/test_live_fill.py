@@ -61,25 +61,24 @@ async def test_a_block_taken_by_handoff_marks_the_node_as_holding_blocks(
     assert len(firsts) == 1 and env.origin.gets == {}  # a later joiner will ask this node
 
 
-async def test_a_node_is_saturated_while_its_origin_gets_are_all_taken(
-        make_env: Callable[..., Env]) -> None:  # noqa: F811
+async def test_a_fill_is_queued_until_its_get_starts(make_env: Callable[..., Env]) -> None:  # noqa: F811
     env = make_env(max_concurrent_fills=1)
-    meta, _ = await env.object("m", BS)
+    (m1, _), (m2, _) = await env.object("a", BS), await env.object("b", BS, seed=2)
+    a, b = BlockRef(m1, 0, BS), BlockRef(m2, 0, BS)
     env.origin.delay_s = 0.3
-    assert not env.filler.saturated()
-    read = asyncio.ensure_future(env.filler.read_block(BlockRef(meta, 0, BS)))
-    for _ in range(100):
-        if env.filler.saturated():
+    reads = [asyncio.ensure_future(env.filler.read_block(r)) for r in (a, b)]
+    for _ in range(100):  # one GET at a time: a's is under way, b's waits for it
+        if env.filler.queued(b) and not env.filler.queued(a) and a.block_id in env.filler._fills:
             break
         await asyncio.sleep(0.01)
-    assert env.filler.saturated()
-    await read
-    assert not env.filler.saturated()
+    assert env.filler.queued(b) and not env.filler.queued(a)
+    await asyncio.gather(*reads)
+    assert not env.filler.queued(a) and not env.filler.queued(b)
 
 
-@pytest.mark.parametrize(("saturated", "depth_after"), [(True, 1), (False, 2)])
-async def test_read_ahead_deepens_only_if_the_node_could_start_more_gets(
-        saturated: bool, depth_after: int) -> None:
+@pytest.mark.parametrize(("queued", "depth_after"), [(True, 1), (False, 2)])
+async def test_read_ahead_deepens_only_while_the_blocks_get_is_under_way(
+        queued: bool, depth_after: int) -> None:
     meta = ObjectMeta("bkt", "m", 8 * BS, '"e"')
     never = asyncio.Event()
 
@@ -90,12 +89,12 @@ async def test_read_ahead_deepens_only_if_the_node_could_start_more_gets(
     depth = ReadAhead(1, 16)
     window = Window(iter([BlockSlice(BlockRef(meta, i, BS), 0, BS) for i in range(8)]), read,
                     lambda ref: 0, MemoryBudget(BS, 1.0), depth, (NOBODY, NOBODY), 0,
-                    lambda: saturated)  # type: ignore[arg-type]
+                    lambda ref: queued)  # type: ignore[arg-type]
     ahead = await window.head()
     assert ahead is not None
     take = asyncio.ensure_future(window.take(ahead))
     await asyncio.sleep(0)
-    assert depth.blocks == depth_after  # queued behind the node's own GETs: no deeper
+    assert depth.blocks == depth_after  # a queued fill: no deeper
     take.cancel()
     window.close()
 
