@@ -3,10 +3,12 @@
 The rule: start at the floor (`--readahead`); each time the block to send next has not even
 started to arrive although the whole depth was in flight (the reader outruns the blocks in
 flight: on a high-latency link the GETs spend their time waiting for a first byte), double
-the depth, up to the ceiling (`--readahead-max`); each time the block to send next was
-already whole when it was wanted (the reader is the slow side), step back by one, not below
-the floor. A block that has started but not finished means the link itself is the limit:
-more GETs would not make it faster, so the depth stays. A floor of 0 turns read-ahead off.
+the depth (not when that block's fill has not started its GET: it queues for its tenant's
+budget, a fill slot or the node's GETs, and more read-ahead would only lengthen the queue),
+up to the ceiling (`--readahead-max`); each time the block to send next was already whole
+when it was wanted (the reader is the slow side), step back by one, not below the floor.
+A block that has started but not finished means the link itself is the limit: more GETs
+would not make it faster, so the depth stays. A floor of 0 turns read-ahead off.
 
 Memory stays bounded whatever the depth: a block filled here lands in one of the node's fill
 buffers (at most 2 x --max-concurrent-fills of them, all responses together) and is sent
