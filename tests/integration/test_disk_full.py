@@ -67,6 +67,19 @@ def block(node: NodeProcess, bucket: str, i: int) -> bytes:
     return got
 
 
+def settle_writes(node: NodeProcess, quiet_s: float = 0.5, within_s: float = 10.0) -> None:
+    """Wait until the node's store has not changed for `quiet_s` (its writes behind ended)."""
+    deadline, last, since = time.monotonic() + within_s, None, time.monotonic()
+    while time.monotonic() < deadline:
+        now = (node.metric("blockcache_store_blocks"), node.metric("blockcache_store_bytes"))
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the store kept changing for {within_s}s: {last}")
+
+
 def gets_per_block(proxy: CountingProxy, bucket: str) -> list[int]:
     """Return the origin's ranged GETs of the model, one count per distinct range."""
     return [n for (path, _), n in proxy.range_gets.items() if path == f"/{bucket}/model.bin"]
@@ -92,9 +105,10 @@ def test_a_model_larger_than_the_disk_is_cached_up_to_the_disk(
         disk: Path, proxy: CountingProxy, s3: SeaweedFS, bucket: str) -> None:
     body = pattern(18 * BS, 21)  # 72 MiB through a 20 MiB disk, --capacity 1GiB
     s3.put_object(bucket, "model.bin", body)
-    # One block read ahead: with the default 4, five writes in flight would be more than
-    # this disk holds, and one of them would (rightly) be served uncached.
-    node = start_node(disk, proxy, s3, "--readahead", "1")
+    # One block read ahead, never deeper: with the default 4 (or an adaptive depth up to 16),
+    # five writes in flight would be more than this disk holds, and one of them would
+    # (rightly) be served uncached.
+    node = start_node(disk, proxy, s3, "--readahead", "1", "--readahead-max", "1")
     try:
         for _ in range(2):
             proxy.reset()
@@ -102,6 +116,7 @@ def test_a_model_larger_than_the_disk_is_cached_up_to_the_disk(
             assert status == 200 and got == body
             assert sorted(gets_per_block(proxy, bucket)) == [1] * 18  # each block once
         node_stat = lambda name: node.metric(f"blockcache_store_{name}")  # noqa: E731
+        settle_writes(node)  # the last block's write behind may end after its response
         kept = int(node_stat("blocks"))
         effective = node_stat("effective_capacity_bytes")
         assert 3 <= kept <= 4 and node_stat("bytes") == kept * BS <= effective
