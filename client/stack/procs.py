@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
@@ -9,6 +10,8 @@ import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 _handed: set[int] = set()  # ports free_port() gave out in this process (guarded by the GIL)
 
@@ -112,3 +115,38 @@ def stop_group(proc: subprocess.Popen[bytes], sig: signal.Signals, grace_s: floa
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+class Server:
+    """A server process with a log: `start()` and `stop()`, as a (sync or async) context."""
+
+    log_path: Path
+
+    def start(self) -> Self:
+        """Start the server and return it once it answers."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop the server."""
+        raise NotImplementedError
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Return the last lines of the server log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await asyncio.to_thread(self.stop)

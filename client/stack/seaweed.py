@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import json
 import os
@@ -12,14 +11,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import botocore.config
 import botocore.exceptions
 import botocore.session
 
-from client.stack.procs import free_port, spawn, stop_group
+from client.stack.procs import Server, free_port, spawn, stop_group
 
 ACCESS_KEY = "blockcache"
 SECRET_KEY = "blockcache-secret"
@@ -46,7 +44,7 @@ def s3_client(endpoint_url: str, *, timeout_s: float = 60.0, retries: int = 3) -
         aws_secret_access_key=SECRET_KEY, config=config)
 
 
-class SeaweedFS:
+class SeaweedFS(Server):
     """A `weed server -s3` process with its data and log in `base_dir`."""
 
     def __init__(self, base_dir: str | os.PathLike[str], *, start_timeout_s: float = 60.0,
@@ -139,14 +137,6 @@ class SeaweedFS:
             return
         stop_group(proc, signal.SIGTERM, self.stop_grace_s)
 
-    def log_tail(self, lines: int = 40) -> str:
-        """Return the last lines of the server log."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
-
     @property
     def client(self) -> Any:
         """Return a sync botocore S3 client for this server (created once)."""
@@ -197,16 +187,3 @@ class SeaweedFS:
     def delete_object(self, bucket: str, key: str) -> None:
         """Delete an object (no error if it is missing)."""
         self.client.delete_object(Bucket=bucket, Key=key)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def __aenter__(self) -> Self:
-        return await asyncio.to_thread(self.start)
-
-    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await asyncio.to_thread(self.stop)
